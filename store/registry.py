@@ -1,0 +1,640 @@
+"""The registry: dimension records, dataset types, collections and datasets in DuckDB.
+
+This module owns every SQL statement that changes ``registry.duckdb``.  Writes
+happen inside :meth:`ConnectionManager.write` transactions, which hold the
+file only for the moment of the commit; reads share a read-only connection.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from .connection import ConnectionManager
+from .dimensions import ELEMENTS, KEY_TYPES, Element
+from .errors import (
+    CollectionError,
+    ConflictingDefinitionError,
+    DataIdError,
+    DatasetExistsError,
+    DatasetTypeError,
+    DrpError,
+    InvalidQueryError,
+)
+from .refs import DatasetType
+from .schema import DATA_ID_COLUMNS, MIGRATIONS, SCHEMA_VERSION
+from .sphgeom import ConvexPolygon
+
+__all__ = ["Registry", "region_columns"]
+
+_DATASET_COLUMNS = ("id", "dataset_type", "run", *(n for n, _ in DATA_ID_COLUMNS),
+                    "data_id_key", "path", "size", "checksum", "created", "external")
+_PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.UTC).replace(tzinfo=None)
+
+
+def used_params(sql: str, bind: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The subset of ``bind`` whose ``$name`` appears in ``sql`` (DuckDB rejects extras)."""
+    if not bind:
+        return {}
+    names = set(_PARAM.findall(sql))
+    missing = names - set(bind)
+    if missing:
+        raise InvalidQueryError(f"query uses unbound parameter(s): {', '.join(sorted(missing))}")
+    return {k: v for k, v in bind.items() if k in names}
+
+
+def region_columns(regions: Sequence[Any]) -> dict[str, list]:
+    """Polygon and bounding-cap columns for a list of regions.
+
+    Parameters
+    ----------
+    regions : sequence
+        Each a :class:`~store.sphgeom.ConvexPolygon`, an ``(N, 2)`` array of
+        (ra, dec) degrees, or ``None``.
+    """
+    out: dict[str, list] = {k: [] for k in
+                            ("region_ra", "region_dec", "bc_x", "bc_y", "bc_z", "bc_radius")}
+    for region in regions:
+        if region is None:
+            for k in out:
+                out[k].append(None)
+            continue
+        poly = region if isinstance(region, ConvexPolygon) else ConvexPolygon.from_array(region)
+        cap = poly.bounding_circle()
+        c = np.radians([cap.ra, cap.dec])
+        out["region_ra"].append(poly.ra.tolist())
+        out["region_dec"].append(poly.dec.tolist())
+        out["bc_x"].append(float(np.cos(c[1]) * np.cos(c[0])))
+        out["bc_y"].append(float(np.cos(c[1]) * np.sin(c[0])))
+        out["bc_z"].append(float(np.sin(c[1])))
+        out["bc_radius"].append(cap.radius)
+    return out
+
+
+def _records_to_arrow(element: Element, records: Any) -> pa.Table:
+    from .formats.parquet import as_arrow
+
+    if isinstance(records, Mapping):
+        records = [records]
+    if isinstance(records, list):
+        if not records:
+            return pa.table({})
+        keys: list[str] = []
+        for rec in records:
+            for k in rec:
+                if k not in keys:
+                    keys.append(k)
+        cols = {k: [rec.get(k) for rec in records] for k in keys}
+    else:
+        table = as_arrow(records)
+        cols = {name: table.column(name).to_pylist() for name in table.column_names}
+    if "region" in cols:
+        if not element.spatial:
+            raise DataIdError(f"dimension {element.name!r} has no region")
+        cols.update(region_columns(cols.pop("region")))
+    allowed = set(element.primary_key) | set(element.implied) | {c.name for c in element.columns}
+    if element.spatial:
+        allowed |= {"region_ra", "region_dec", "bc_x", "bc_y", "bc_z", "bc_radius"}
+    unknown = sorted(set(cols) - allowed)
+    if unknown:
+        raise DataIdError(
+            f"unknown column(s) {', '.join(unknown)} for dimension {element.name!r}; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )
+    missing = [k for k in element.primary_key if k not in cols]
+    if missing:
+        raise DataIdError(f"{element.name} records lack key column(s) {', '.join(missing)}")
+    for k in element.primary_key:
+        if any(v is None for v in cols[k]):
+            raise DataIdError(f"{element.name} records have a null {k!r}")
+    types = {c.name: c.sql_type for c in element.columns}
+    types.update(KEY_TYPES)
+    arrays = {}
+    for k, values in cols.items():
+        kind = types.get(k, "DOUBLE[]" if k.startswith("region_") else "DOUBLE")
+        arrow_type = {"INTEGER": pa.int32(), "BIGINT": pa.int64(), "DOUBLE": pa.float64(),
+                      "VARCHAR": pa.string(), "DOUBLE[]": pa.list_(pa.float64())}[kind]
+        try:
+            arrays[k] = pa.array(values, type=arrow_type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as err:
+            raise DataIdError(f"{element.name}.{k}: values do not fit {kind} ({err})") from None
+    return pa.table(arrays)
+
+
+class Registry:
+    """SQL-level access to ``registry.duckdb`` (used through :class:`store.Repo`)."""
+
+    def __init__(self, path: Path, manager: ConnectionManager):
+        self.path = path
+        self.db = manager
+        self._types: dict[str, DatasetType] | None = None
+
+    # -- schema ---------------------------------------------------------------------------
+    def initialize(self) -> None:
+        """Create every table (new repository)."""
+        with self.db.write() as con:
+            for version, name, migrate in MIGRATIONS:
+                migrate(con)
+                con.execute("INSERT INTO migration VALUES (?, ?, ?)", [version, name, _now()])
+
+    def check_version(self) -> None:
+        """Apply missing migrations, refuse a registry newer than this code."""
+        with self.db.read() as con:
+            version = con.execute("SELECT max(version) FROM migration").fetchall()[0][0] or 0
+        if version > SCHEMA_VERSION:
+            raise DrpError(
+                f"registry schema version {version} is newer than this drp ({SCHEMA_VERSION}); "
+                "upgrade drp"
+            )
+        if version < SCHEMA_VERSION:
+            with self.db.write() as con:
+                for v, name, migrate in MIGRATIONS:
+                    if v > version:
+                        migrate(con)
+                        con.execute("INSERT INTO migration VALUES (?, ?, ?)", [v, name, _now()])
+
+    # -- dimension records ----------------------------------------------------------------
+    def insert_records(self, element_name: str, records: Any, *, skip_existing: bool = False,
+                       replace: bool = False) -> int:
+        """Insert dimension records; returns the number of rows inserted."""
+        element = ELEMENTS.get(element_name)
+        if element is None or not element.has_table:
+            known = ", ".join(n for n, e in ELEMENTS.items() if e.has_table)
+            raise DataIdError(f"unknown dimension element {element_name!r}; known: {known}")
+        table = _records_to_arrow(element, records)
+        if table.num_rows == 0:
+            return 0
+        keys = list(element.primary_key)
+        with self.db.write() as con:
+            con.register("_new_records", table)
+            dup = con.execute(
+                f"SELECT count(*) - count(DISTINCT ({', '.join(keys)})) FROM _new_records"
+            ).fetchall()[0][0]
+            if dup:
+                raise ConflictingDefinitionError(
+                    f"{dup} duplicate {element.name} key(s) within the inserted records")
+            self._check_references(con, element, "_new_records")
+            if replace:
+                on_conflict = "ON CONFLICT DO UPDATE SET " + ", ".join(
+                    f"{c} = EXCLUDED.{c}" for c in table.column_names if c not in keys
+                ) if len(table.column_names) > len(keys) else "ON CONFLICT DO NOTHING"
+            elif skip_existing:
+                on_conflict = "ON CONFLICT DO NOTHING"
+            else:
+                existing = _first(con.execute(
+                    f"SELECT {', '.join(keys)} FROM _new_records SEMI JOIN {element.name} "
+                    f"USING ({', '.join(keys)}) LIMIT 1"
+                ).fetchall())
+                if existing:
+                    raise ConflictingDefinitionError(
+                        f"{element.name} record {dict(zip(keys, existing, strict=True))} "
+                        "already exists (use skip_existing=True or replace=True)"
+                    )
+                on_conflict = ""
+            cols = ", ".join(table.column_names)
+            before = con.execute(f"SELECT count(*) FROM {element.name}").fetchall()[0][0]
+            con.execute(
+                f"INSERT INTO {element.name} ({cols}) SELECT {cols} FROM _new_records {on_conflict}"
+            )
+            after = con.execute(f"SELECT count(*) FROM {element.name}").fetchall()[0][0]
+            con.unregister("_new_records")
+        return after - before if not replace else table.num_rows
+
+    def _check_references(self, con, element: Element, source: str) -> None:
+        """Every required/implied dimension value of new records must exist."""
+        cols = set(_arrow(con, f"SELECT * FROM {source} LIMIT 0").column_names)
+        for dim in element.required + element.implied:
+            target = ELEMENTS[dim]
+            if not target.has_table or dim not in cols:
+                continue
+            keys = [k for k in target.primary_key if k in cols]
+            if len(keys) != len(target.primary_key):
+                continue
+            cond = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+            row = _first(con.execute(
+                f"SELECT {', '.join('s.' + k for k in keys)} FROM {source} s "
+                f"WHERE s.{dim} IS NOT NULL AND NOT EXISTS "
+                f"(SELECT 1 FROM {dim} t WHERE {cond}) LIMIT 1"
+            ).fetchall())
+            if row:
+                raise DataIdError(
+                    f"{element.name} record refers to unknown {dim} "
+                    f"{dict(zip(keys, row, strict=True))}; insert that {dim} first"
+                )
+
+    def records(self, element_name: str, where: str | None = None,
+                bind: Mapping[str, Any] | None = None) -> pa.Table:
+        """Dimension records as an Arrow table, optionally filtered by SQL."""
+        element = ELEMENTS.get(element_name)
+        if element is None or not element.has_table:
+            raise DataIdError(f"unknown dimension element {element_name!r}")
+        sql = f"SELECT * FROM {element.name}" + (f" WHERE {where}" if where else "")
+        with self.db.read() as con:
+            try:
+                return _arrow(con, sql, used_params(sql, bind))
+            except Exception as err:
+                raise InvalidQueryError(f"bad where clause for {element_name}: {_first_line(err)}"
+                                        ) from None
+
+    # -- dataset types --------------------------------------------------------------------
+    def dataset_types(self) -> dict[str, DatasetType]:
+        """All registered dataset types by name (cached per process)."""
+        if self._types is None:
+            with self.db.read() as con:
+                rows = con.execute(
+                    "SELECT name, dimensions, storage_class FROM dataset_type").fetchall()
+            self._types = {n: DatasetType(n, tuple(d), s) for n, d, s in rows}
+        return self._types
+
+    def register_dataset_type(self, dataset_type: DatasetType) -> bool:
+        """Register; returns False if an identical definition exists, raises on conflict."""
+        existing = self.dataset_types().get(dataset_type.name)
+        if existing is None:
+            self._types = None
+            existing = self.dataset_types().get(dataset_type.name)  # another process?
+        if existing is not None:
+            if existing != dataset_type:
+                raise ConflictingDefinitionError(
+                    f"dataset type {dataset_type.name!r} is already registered with dimensions "
+                    f"{existing.dimensions} and storage {existing.storage_class}; cannot redefine "
+                    f"as {dataset_type.dimensions} / {dataset_type.storage_class}"
+                )
+            return False
+        with self.db.write() as con:
+            con.execute("INSERT INTO dataset_type VALUES (?, ?, ?, ?, ?)", [
+                dataset_type.name, list(dataset_type.dimensions), dataset_type.storage_class,
+                dataset_type.sql_table, _now()])
+        self._types = None
+        return True
+
+    def get_dataset_type(self, name: str) -> DatasetType:
+        """Look up a dataset type (one-line error listing known types)."""
+        types = self.dataset_types()
+        if name not in types:
+            self._types = None
+            types = self.dataset_types()
+        try:
+            return types[name]
+        except KeyError:
+            known = ", ".join(sorted(types)) or "none"
+            raise DatasetTypeError(f"unknown dataset type {name!r}; registered: {known}"
+                                   ) from None
+
+    # -- collections ----------------------------------------------------------------------
+    def collections(self) -> pa.Table:
+        """All collections with type and creation time."""
+        with self.db.read() as con:
+            return _arrow(con, "SELECT * FROM collection ORDER BY created")
+
+    def collection_type(self, name: str) -> str | None:
+        with self.db.read() as con:
+            row = _first(con.execute("SELECT type FROM collection WHERE name = ?", [name]).fetchall())
+        return row[0] if row else None
+
+    def register_run(self, name: str, doc: str = "", *, exist_ok: bool = False) -> bool:
+        """Create a RUN collection; False if it existed and ``exist_ok``."""
+        if not name or name.startswith("/") or ".." in name.split("/"):
+            raise CollectionError(f"invalid run name {name!r}")
+        kind = self.collection_type(name)
+        if kind is not None:
+            if exist_ok and kind == "RUN":
+                return False
+            raise ConflictingDefinitionError(f"collection {name!r} already exists ({kind})")
+        with self.db.write() as con:
+            con.execute("INSERT INTO collection VALUES (?, 'RUN', ?, ?)", [name, doc, _now()])
+        return True
+
+    def set_chain(self, name: str, children: Sequence[str], doc: str = "") -> None:
+        """Create or redefine a CHAINED collection with an ordered search path."""
+        kind = self.collection_type(name)
+        if kind not in (None, "CHAINED"):
+            raise ConflictingDefinitionError(f"collection {name!r} exists and is a {kind}")
+        for child in children:
+            if self.collection_type(child) is None:
+                raise CollectionError(f"unknown collection {child!r} in chain {name!r}")
+            if name in self.flatten([child]) or child == name:
+                raise CollectionError(f"chain {name!r} would contain itself through {child!r}")
+        with self.db.write() as con:
+            if kind is None:
+                con.execute("INSERT INTO collection VALUES (?, 'CHAINED', ?, ?)",
+                            [name, doc, _now()])
+            con.execute("DELETE FROM collection_chain WHERE parent = ?", [name])
+            for pos, child in enumerate(children):
+                con.execute("INSERT INTO collection_chain VALUES (?, ?, ?)", [name, pos, child])
+            self._refresh_default(con, None)
+
+    def flatten(self, collections: Sequence[str] | str | None) -> list[str]:
+        """Expand collections (chains recursively) into an ordered list of runs."""
+        if collections is None:
+            return self.default_search()
+        if isinstance(collections, str):
+            collections = [collections]
+        with self.db.read() as con:
+            kinds = dict(con.execute("SELECT name, type FROM collection").fetchall())
+            chains: dict[str, list[str]] = {}
+            for parent, child in con.execute(
+                    "SELECT parent, child FROM collection_chain ORDER BY parent, position"
+            ).fetchall():
+                chains.setdefault(parent, []).append(child)
+        out: list[str] = []
+
+        def visit(name: str, depth: int) -> None:
+            if depth > 100:
+                raise CollectionError(f"collection chain too deep at {name!r}")
+            kind = kinds.get(name)
+            if kind is None:
+                raise CollectionError(f"unknown collection {name!r}")
+            if kind == "RUN":
+                if name not in out:
+                    out.append(name)
+            else:
+                for child in chains.get(name, []):
+                    visit(child, depth + 1)
+
+        for c in collections:
+            visit(c, 0)
+        return out
+
+    def default_collection(self) -> str | None:
+        with self.db.read() as con:
+            row = _first(con.execute(
+                "SELECT value FROM registry_meta WHERE key = 'default_collection'").fetchall())
+        return row[0] if row else None
+
+    def default_search(self) -> list[str]:
+        """Runs searched when no collection is given: the default collection, else all runs
+        (newest first)."""
+        default = self.default_collection()
+        if default is not None:
+            return self.flatten([default])
+        with self.db.read() as con:
+            return [r[0] for r in con.execute(
+                "SELECT name FROM collection WHERE type = 'RUN' ORDER BY created DESC, name"
+            ).fetchall()]
+
+    def set_default_collection(self, name: str | None) -> None:
+        """Choose the collection the SQL tables show (None: all runs, newest first)."""
+        if name is not None and self.collection_type(name) is None:
+            raise CollectionError(f"unknown collection {name!r}")
+        with self.db.write() as con:
+            con.execute("DELETE FROM registry_meta WHERE key = 'default_collection'")
+            if name is not None:
+                con.execute("INSERT INTO registry_meta VALUES ('default_collection', ?)", [name])
+            self._refresh_default(con, None)
+
+    def _search_in(self, con) -> list[str]:
+        row = _first(con.execute(
+            "SELECT value FROM registry_meta WHERE key = 'default_collection'").fetchall())
+        if row is None:
+            return [r[0] for r in con.execute(
+                "SELECT name FROM collection WHERE type = 'RUN' ORDER BY created DESC, name"
+            ).fetchall()]
+        kinds = dict(con.execute("SELECT name, type FROM collection").fetchall())
+        chains: dict[str, list[str]] = {}
+        for parent, child in con.execute(
+                "SELECT parent, child FROM collection_chain ORDER BY parent, position").fetchall():
+            chains.setdefault(parent, []).append(child)
+        out: list[str] = []
+        stack = [row[0]]
+        while stack:
+            name = stack.pop(0)
+            if kinds.get(name) == "RUN":
+                if name not in out:
+                    out.append(name)
+            else:
+                stack[0:0] = chains.get(name, [])
+        return out
+
+    def _refresh_default(self, con, dataset_types: Iterable[str] | None) -> None:
+        """Recompute which datasets the SQL tables show (first found per data ID)."""
+        runs = self._search_in(con)
+        con.execute("CREATE TEMP TABLE IF NOT EXISTS _search (run VARCHAR, rank INTEGER)")
+        con.execute("DELETE FROM _search")
+        if runs:
+            con.executemany("INSERT INTO _search VALUES (?, ?)",
+                            [[r, i] for i, r in enumerate(runs)])
+        if dataset_types is None:
+            con.execute("DELETE FROM default_dataset")
+            type_filter = ""
+            params: list = []
+        else:
+            types = sorted(set(dataset_types))
+            if not types:
+                return
+            placeholders = ", ".join("?" for _ in types)
+            con.execute(f"DELETE FROM default_dataset WHERE dataset_type IN ({placeholders})",
+                        types)
+            type_filter = f"AND d.dataset_type IN ({placeholders})"
+            params = types
+        con.execute(f"""
+            INSERT INTO default_dataset
+            SELECT id, dataset_type FROM (
+                SELECT d.id, d.dataset_type, row_number() OVER (
+                    PARTITION BY d.dataset_type, d.data_id_key ORDER BY s.rank) AS rn
+                FROM dataset d JOIN _search s ON d.run = s.run
+                WHERE TRUE {type_filter})
+            WHERE rn = 1""", params)
+        self._refresh_views(con)
+
+    def _refresh_views(self, con) -> None:
+        """(Re)create one view per table dataset type over its default-collection rows."""
+        from .formats import STORAGE_CLASSES
+
+        existing = {r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables").fetchall()}
+        for name, _dims, sc in con.execute(
+                "SELECT name, dimensions, storage_class FROM dataset_type").fetchall():
+            if not STORAGE_CLASSES[sc].is_table or f"ds_{name}" not in existing:
+                continue
+            n_all, n_default = _first(con.execute(
+                "SELECT (SELECT count(*) FROM dataset WHERE dataset_type = ?), "
+                "(SELECT count(*) FROM default_dataset WHERE dataset_type = ?)", [name, name]
+            ).fetchall())
+            # When every dataset of the type is visible, skip the semi-join (big tables).
+            where = "" if n_all == n_default else (
+                f" WHERE _dataset_id IN (SELECT id FROM default_dataset "
+                f"WHERE dataset_type = '{name}')")
+            con.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT * EXCLUDE (_dataset_id, _run) '
+                        f"FROM ds_{name}{where}")
+
+    # -- datasets -------------------------------------------------------------------------
+    def expand_data_ids(self, dataset_type: DatasetType, data_ids: list[dict]) -> pa.Table:
+        """Validate data IDs against dimension records and add implied values.
+
+        Returns an Arrow table with every data-ID column of the ``dataset``
+        table (nulls where not applicable), in input order.
+        """
+        n = len(data_ids)
+        cols: dict[str, list] = {name: [None] * n for name, _ in DATA_ID_COLUMNS}
+        for i, did in enumerate(data_ids):
+            for k, v in did.items():
+                cols[k][i] = v
+        types = {"INTEGER": pa.int32(), "BIGINT": pa.int64(), "VARCHAR": pa.string()}
+        table = pa.table({name: pa.array(cols[name], type=types[kind])
+                          for name, kind in DATA_ID_COLUMNS})
+        table = table.append_column("_row", pa.array(np.arange(n, dtype=np.int64)))
+        dims = set(dataset_type.dimensions)
+        with self.db.read() as con:
+            con.register("_ids", table)
+            for dim in dataset_type.dimensions:
+                element = ELEMENTS[dim]
+                if not element.has_table:
+                    continue
+                keys = element.primary_key
+                cond = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+                row = _first(con.execute(
+                    f"SELECT {', '.join('s.' + k for k in keys)} FROM _ids s WHERE NOT EXISTS "
+                    f"(SELECT 1 FROM {dim} t WHERE {cond}) LIMIT 1").fetchall())
+                if row:
+                    raise DataIdError(
+                        f"{dataset_type.name}: unknown {dim} "
+                        f"{dict(zip(keys, row, strict=True))} (not registered)"
+                    )
+            # Fill implied values (a visit's band, physical filter and day_obs).
+            for dim in dataset_type.dimensions:
+                element = ELEMENTS[dim]
+                implied = [d for d in element.implied if d not in dims]
+                if not implied or not element.has_table:
+                    continue
+                keys = element.primary_key
+                cond = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+                sel = ", ".join(f"t.{d} AS {d}" for d in implied)
+                filled = _arrow(
+                    con, f"SELECT s._row, {sel} FROM _ids s JOIN {dim} t ON {cond} ORDER BY s._row")
+                for d in implied:
+                    idx = table.column_names.index(d)
+                    column = filled.column(d).cast(table.schema.field(d).type)
+                    table = table.set_column(idx, d, column)
+            con.unregister("_ids")
+        return table.drop_columns(["_row"])
+
+    def existing(self, dataset_type: str, run: str, keys: list[str]) -> list[str]:
+        """Which of the data-ID keys already have a dataset of the type in the run."""
+        if not keys:
+            return []
+        with self.db.read() as con:
+            con.register("_keys", pa.table({"k": keys}))
+            rows = con.execute(
+                "SELECT d.data_id_key FROM dataset d JOIN _keys ON d.data_id_key = _keys.k "
+                "WHERE d.dataset_type = ? AND d.run = ?", [dataset_type, run]).fetchall()
+            con.unregister("_keys")
+        return [r[0] for r in rows]
+
+    def insert_datasets(self, rows: pa.Table, table_rows: dict[str, pa.Table] | None = None,
+                        column_units: dict[str, dict[str, str]] | None = None) -> None:
+        """Commit dataset rows (and their SQL-table copies) in one transaction."""
+        with self.db.write() as con:
+            con.register("_new_datasets", rows)
+            try:
+                con.execute(f"INSERT INTO dataset ({', '.join(_DATASET_COLUMNS)}) "
+                            f"SELECT {', '.join(_DATASET_COLUMNS)} FROM _new_datasets")
+            except Exception as err:
+                if "Duplicate key" in str(err) or "unique" in str(err).lower():
+                    raise DatasetExistsError(
+                        f"a dataset with the same type, data ID and run already exists "
+                        f"({_first_line(err)})") from None
+                raise
+            for type_name, table in (table_rows or {}).items():
+                self._append_rows(con, type_name, table, (column_units or {}).get(type_name, {}))
+            types = set(rows.column("dataset_type").to_pylist())
+            self._refresh_default(con, types)
+
+    def _append_rows(self, con, type_name: str, table: pa.Table, units: dict[str, str]) -> None:
+        sql_table = f"ds_{type_name}"
+        exists = con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [sql_table]
+        ).fetchall()[0][0]
+        con.register("_rows", table)
+        if not exists:
+            con.execute(f"CREATE TABLE {sql_table} AS SELECT * REPLACE "
+                        f"(_dataset_id::UUID AS _dataset_id) FROM _rows")
+        else:
+            have = {r[0] for r in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+                [sql_table]).fetchall()}
+            described = {r[0]: r[1] for r in con.execute("DESCRIBE _rows").fetchall()}
+            for col in table.column_names:
+                if col not in have:
+                    con.execute(f'ALTER TABLE {sql_table} ADD COLUMN "{col}" {described[col]}')
+            con.execute(f"INSERT INTO {sql_table} BY NAME SELECT * REPLACE "
+                        f"(_dataset_id::UUID AS _dataset_id) FROM _rows")
+        con.unregister("_rows")
+        if units:
+            con.executemany(
+                "INSERT INTO column_meta VALUES (?, ?, ?, NULL) ON CONFLICT DO UPDATE SET "
+                "unit = EXCLUDED.unit", [[type_name, c, u] for c, u in units.items()])
+
+    def remove_run(self, run: str) -> list[tuple[str, bool]]:
+        """Delete a run's dataset rows and the run; returns (path, external) of its files."""
+        if self.collection_type(run) != "RUN":
+            raise CollectionError(f"{run!r} is not a RUN collection")
+        from .formats import STORAGE_CLASSES
+
+        with self.db.write() as con:
+            files = con.execute("SELECT path, external FROM dataset WHERE run = ?",
+                                [run]).fetchall()
+            types = [r[0] for r in con.execute(
+                "SELECT DISTINCT d.dataset_type, t.storage_class FROM dataset d "
+                "JOIN dataset_type t ON d.dataset_type = t.name WHERE d.run = ?", [run]
+            ).fetchall() if STORAGE_CLASSES[r[1]].is_table] if files else []
+            tables = {r[0] for r in con.execute(
+                "SELECT table_name FROM information_schema.tables").fetchall()}
+            for t in types:
+                if f"ds_{t}" in tables:
+                    con.execute(f"DELETE FROM ds_{t} WHERE _run = ?", [run])
+            con.execute("DELETE FROM dataset WHERE run = ?", [run])
+            con.execute("DELETE FROM quantum WHERE run = ?", [run])
+            con.execute("DELETE FROM collection_chain WHERE child = ?", [run])
+            con.execute("DELETE FROM collection WHERE name = ?", [run])
+            self._refresh_default(con, None)
+        return files
+
+    def find(self, dataset_type: str, key: str, runs: list[str]) -> dict | None:
+        """First dataset of the type and data-ID key in the ordered runs."""
+        if not runs:
+            return None
+        with self.db.read() as con:
+            params = {"t": dataset_type, "k": key} | {f"r{i}": r for i, r in enumerate(runs)}
+            placeholders = ", ".join(f"$r{i}" for i in range(len(runs)))
+            rows = _arrow(con, f"SELECT * FROM dataset WHERE dataset_type = $t AND "
+                               f"data_id_key = $k AND run IN ({placeholders})", params)
+        if rows.num_rows == 0:
+            return None
+        found = rows.to_pylist()
+        rank = {r: i for i, r in enumerate(runs)}
+        return min(found, key=lambda r: rank[r["run"]])
+
+    def query(self, sql: str, params: Mapping[str, Any] | list | None = None) -> pa.Table:
+        """Run internal read-only SQL and return Arrow."""
+        with self.db.read() as con:
+            return _arrow(con, sql, params)
+
+
+def _first(rows: list):
+    """First row of a fully fetched result, or None (DuckDB 2 wants results drained)."""
+    return rows[0] if rows else None
+
+
+def _arrow(con, sql: str, params=None) -> pa.Table:
+    """Run a query and return Arrow without the DB-API copy."""
+    return con.sql(sql, params=params or None).to_arrow_table()
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def dumps(value: Any) -> str:
+    """JSON for registry text columns."""
+    return json.dumps(value, sort_keys=True, default=str)
