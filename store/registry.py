@@ -45,8 +45,7 @@ def _now() -> _dt.datetime:
 
 def used_params(sql: str, bind: Mapping[str, Any] | None) -> dict[str, Any]:
     """The subset of ``bind`` whose ``$name`` appears in ``sql`` (DuckDB rejects extras)."""
-    if not bind:
-        return {}
+    bind = bind or {}
     names = set(_PARAM.findall(sql))
     missing = names - set(bind)
     if missing:
@@ -323,7 +322,7 @@ class Registry:
         for child in children:
             if self.collection_type(child) is None:
                 raise CollectionError(f"unknown collection {child!r} in chain {name!r}")
-            if name in self.flatten([child]) or child == name:
+            if child == name or name in self._reachable(child):
                 raise CollectionError(f"chain {name!r} would contain itself through {child!r}")
         with self.db.write() as con:
             if kind is None:
@@ -333,6 +332,22 @@ class Registry:
             for pos, child in enumerate(children):
                 con.execute("INSERT INTO collection_chain VALUES (?, ?, ?)", [name, pos, child])
             self._refresh_default(con, None)
+
+    def _reachable(self, name: str) -> set[str]:
+        """Every collection reachable from ``name`` through chains (itself excluded)."""
+        with self.db.read() as con:
+            edges = con.execute("SELECT parent, child FROM collection_chain").fetchall()
+        children: dict[str, list[str]] = {}
+        for parent, child in edges:
+            children.setdefault(parent, []).append(child)
+        seen: set[str] = set()
+        stack = list(children.get(name, []))
+        while stack:
+            c = stack.pop()
+            if c not in seen:
+                seen.add(c)
+                stack.extend(children.get(c, []))
+        return seen
 
     def flatten(self, collections: Sequence[str] | str | None) -> list[str]:
         """Expand collections (chains recursively) into an ordered list of runs."""
