@@ -1,0 +1,5 @@
+"""``python -m processing.cli`` runs the ``drp`` command."""
+
+from . import main
+
+main()
