@@ -90,7 +90,8 @@ def make_scene(rng, true_wcs: WCS, *, width=2048, height=2048, n_common=150, n_r
     ra_r, dec_r = ref_wcs.all_pix2world(xr, yr, 0)
     mag_r = rng.uniform(16.0, 21.0, n_ref_only)
     noise = ref_sigma_mas / 3.6e6
-    ref_ra = np.r_[ra_c, ra_r] + rng.normal(0, noise, n_common + n_ref_only) / np.cos(np.radians(dec_c[0]))
+    cos_dec = np.cos(np.radians(dec_c[0]))
+    ref_ra = np.r_[ra_c, ra_r] + rng.normal(0, noise, n_common + n_ref_only) / cos_dec
     ref_dec = np.r_[dec_c, dec_r] + rng.normal(0, noise, n_common + n_ref_only)
     ref_mag = np.r_[mag_c, mag_r]
     if ref_wcs is true_wcs:

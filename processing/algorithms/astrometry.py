@@ -9,8 +9,9 @@ in ``(u, v)``, so it is fitted *linearly*: one least-squares solve per axis for 
 A fitted constant term means the tangent point is off; CRVAL is moved there and the projection
 redone (2-3 passes reach 1e-10 deg).  Outliers are rejected at ``n_sigma`` times a MAD-based
 sigma per axis and the fit repeated.  The inverse polynomials AP/BP (needed by FITS readers such
-as DS9, and used by astropy's ``sip_foc2pix``) are fitted on a dense grid over the detector, one
-order higher than the forward ones, and their worst error on that grid is reported.
+as DS9, and used by astropy's ``sip_foc2pix``; astropy's ``all_world2pix`` itself iterates on the
+forward polynomials and is exact regardless) are fitted on a 48x48 grid over the detector, two
+orders higher than the forward ones, and their worst error on that grid is reported.
 
 ``solve_astrometry`` mirrors meas_astrom's ``AstrometryTask`` (algorithms.md 6.2 step 1) with our
 own matcher (:mod:`processing.algorithms.matching`): match with the guessed WCS, fit, re-match all
@@ -32,14 +33,14 @@ from scipy.spatial import cKDTree
 from processing.algorithms.matching import (
     MatchConfig,
     MatchResult,
-    _unique_nearest,
-    _world_to_pixel,
     match_to_reference,
+    unique_nearest_pairs,
 )
 from processing.algorithms.stats import clipped_stats
 from store.geom import Box
 
 __all__ = [
+    "MATCH_DTYPE",
     "AstrometryConfig",
     "AstrometryResult",
     "TanSipFit",
@@ -194,7 +195,8 @@ def fit_tan_sip_detailed(
     bbox : store.geom.Box, optional
         Detector box over which the inverse polynomials are fitted; defaults to the source extent.
     inverse_order : int, optional
-        Order of AP/BP; defaults to ``sip_order + 1``.
+        Order of AP/BP; defaults to ``sip_order + 2`` (``+ 1`` leaves ~0.01 px errors at the
+        corners for a few pixels of cubic distortion; ``+ 2`` reaches ~1e-4 px).
 
     Returns
     -------
@@ -279,7 +281,7 @@ def fit_tan_sip_detailed(
         corners = bbox.grow(max(2, int(0.02 * max(bbox.width, bbox.height)))).corners()
         gx, gy = np.meshgrid(np.linspace(corners[0, 0], corners[1, 0], 48),
                              np.linspace(corners[0, 1], corners[2, 1], 48))
-        inv_order = inverse_order if inverse_order is not None else sip_order + 1
+        inv_order = inverse_order if inverse_order is not None else sip_order + 2
         ap, bp, inverse_err = _fit_inverse(cd_inv_hi, hi_terms, inv_order,
                                            gx.ravel() - crpix[0], gy.ravel() - crpix[1], norm)
         wcs.sip = Sip(a, b, ap, bp, wcs.wcs.crpix)
@@ -517,10 +519,11 @@ def solve_astrometry(
         sigma_1d = _MAD_TO_SIGMA * np.median(np.abs(resid - np.median(resid, axis=0)))
         radius_arcsec = float(np.clip(cfg.match_radius_sigma * sigma_1d, cfg.min_match_radius_arcsec,
                                       cfg.max_match_radius_arcsec))
-        px, py = _world_to_pixel(fit.wcs, ra[ref_good], dec[ref_good])
+        px, py = fit.wcs.all_world2pix(ra[ref_good], dec[ref_good], 0, tolerance=1e-6, maxiter=30,
+                                       quiet=True)
         with np.errstate(invalid="ignore"):
             inside = np.flatnonzero(search_box.contains(px, py))
-        j_ref, j_src, _ = _unique_nearest(tree, px[inside], py[inside], radius_arcsec / scale)
+        j_ref, j_src, _ = unique_nearest_pairs(tree, px[inside], py[inside], radius_arcsec / scale)
         if j_ref.size < cfg.min_matches:
             return _failed(f"only {j_ref.size} matches within {radius_arcsec:.2f} arcsec of the "
                            f"fitted WCS (need >= {cfg.min_matches})", initial)

@@ -1,29 +1,33 @@
 """Match detected sources to a reference catalogue when the initial WCS is only roughly right.
 
-Method (chosen for robustness and speed, not a port of meas_astrom's pessimistic matcher):
+Method (our own; meas_astrom's pessimistic-B matcher was not ported):
 
 1. **Offset voting over trial rotations.**  The brightest ``n_bright_refs`` reference stars are
-   projected to pixels with the guessed WCS, rotated about the detector centre by each angle of a
-   small grid (step chosen so the rotation error at the field edge stays below one vote bin), and
-   every (source, reference) pair of the brightest ``n_bright_sources`` sources votes for its
-   pixel offset in a 2-D histogram.  The (rotation, offset) cell with the most votes (summed over
-   a 3x3 bin window, so a peak split across bin edges is not lost) is the solution; its height is
-   compared with the mean count per window, which makes "no consistent solution" a measurable
-   condition.  Voting is immune to the ~50 % of sources without a reference (and vice versa) that
-   defeat naive nearest-neighbour matching, needs no brightness agreement beyond "both lists are
-   bright", and costs one ``bincount`` over ``n_rot x n_src x n_ref`` pairs (~10 ms).  Triangle
-   or quad asterism hashing would also handle unknown scale, which a pointing-model WCS does not
-   need.
-2. **Iterative nearest-neighbour refinement** on all sources and all references in the footprint
-   (``scipy.spatial.cKDTree``): fit a polynomial transform from guessed-WCS reference pixels to
-   source pixels (affine first, up to ``refine_order`` once there are enough pairs, which absorbs
-   the optical distortion a TAN-only guess lacks), re-match with a radius that shrinks to
-   ``5 sigma`` of the residuals (never below ``min_match_radius_pix``), and repeat until the
-   match set stops changing.  Each source is matched to at most one reference (closest wins).
+   projected to pixels with the guessed WCS and rotated about the detector centre by each angle of
+   a grid spanning ``+-max_rotation_deg`` (step chosen so half a step moves the field edge by at
+   most one vote bin); every (source, reference) pair of the brightest ``n_bright_sources``
+   sources votes for its pixel offset in a 2-D histogram (one ``bincount`` over
+   ``n_rot x n_src x n_ref`` pairs, ~10 ms).  Windows of 3x3 bins are scored so a peak split
+   across bin edges is not lost.  Voting needs neither agreement of the brightness rankings beyond
+   "both are bright" nor a majority of common objects, which defeats naive nearest-neighbour
+   matching.  Triangle/quad asterism hashing would also solve for scale, which a pointing-model
+   WCS does not need.
+2. **Cross-validated verification** of the ``n_candidates`` highest distinct peaks on the full
+   lists: an affine transform is refined on one half of the references and used to match the
+   other half (and vice versa); the count of those matches within half the final radius is
+   compared with the chance coincidences expected from the source density.  Fitting and testing on
+   different stars means a transform bent towards chance pairs earns nothing: on simulated
+   non-overlapping fields the statistic stays below ~3 sigma while true solutions score 40+.
+   The best candidate must reach ``min_match_significance`` (5 sigma).
+3. **Iterative nearest-neighbour refinement** (``scipy.spatial.cKDTree``) of the winner on all
+   sources and references in the footprint: a polynomial transform from guessed-WCS pixels to
+   source pixels (affine first, up to ``refine_order`` once there are 3 pairs per coefficient,
+   which absorbs optical distortion missing from a TAN guess), re-matching with a radius that
+   shrinks to 5 sigma of the residuals (never below ``min_match_radius_pix``) until the match set
+   stops changing.  Each source is matched to at most one reference (closest wins).
 
-Failures (too few inputs, no significant vote peak, too few refined matches) return a
-:class:`MatchResult` with ``success=False`` and a one-line ``reason``; nothing is raised for
-data that simply do not match.
+Failures (too few inputs, no verified solution) return a :class:`MatchResult` with
+``success=False`` and a one-line ``reason``; nothing is raised for data that simply do not match.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from scipy.spatial import cKDTree
 
 from store.geom import Box
 
-__all__ = ["MatchConfig", "MatchResult", "match_to_reference"]
+__all__ = ["MatchConfig", "MatchResult", "match_to_reference", "unique_nearest_pairs"]
 
 
 @dataclass(frozen=True)
@@ -228,10 +232,25 @@ class _PolyTransform:
         return np.array([[jx[0], jy[0]], [jx[1], jy[1]]])
 
 
-def _unique_nearest(tree: cKDTree, px: np.ndarray, py: np.ndarray, radius: float):
-    """Nearest source within ``radius`` of each reference, each source used at most once.
+def unique_nearest_pairs(tree: cKDTree, px: np.ndarray, py: np.ndarray, radius: float):
+    """One-to-one nearest-neighbour pairs between points and a KD-tree of sources.
 
-    Returns (ref_idx, src_idx, distance); when several references claim a source the closest wins.
+    Parameters
+    ----------
+    tree : scipy.spatial.cKDTree
+        Tree of source positions (pixels), shape (n_src, 2).
+    px, py : numpy.ndarray
+        Predicted positions of the references, pixels, shape (n_ref,).
+    radius : float
+        Largest pair distance, pixels.
+
+    Returns
+    -------
+    ref_idx, src_idx : numpy.ndarray
+        int64 indices of the pairs (ascending ``ref_idx``); each source appears at most once,
+        the closest reference winning when several claim it.
+    distance : numpy.ndarray
+        Pair distances, pixels.
     """
     if px.size == 0:
         empty = np.zeros(0, dtype=np.int64)
@@ -289,7 +308,7 @@ def _refine(transform, rx, ry, sx, sy, tree, radius, cfg, center, norm, max_orde
     prev = None
     for k in range(cfg.n_refine_iter):
         px, py = transform(rx, ry)
-        i_ref, i_src, d = _unique_nearest(tree, px, py, radius)
+        i_ref, i_src, d = unique_nearest_pairs(tree, px, py, radius)
         if i_ref.size < 3:
             return transform, i_ref, i_src, d, radius
         key = (i_ref.tobytes(), i_src.tobytes())
@@ -310,7 +329,7 @@ def _refine(transform, rx, ry, sx, sy, tree, radius, cfg, center, norm, max_orde
             # keep the starting radius until the transform can follow the distortion
             radius = float(np.clip(5.0 * sigma_1d, cfg.min_match_radius_pix, radius))
     px, py = transform(rx, ry)
-    i_ref, i_src, d = _unique_nearest(tree, px, py, radius)
+    i_ref, i_src, d = unique_nearest_pairs(tree, px, py, radius)
     return transform, i_ref, i_src, d, radius
 
 
@@ -373,7 +392,8 @@ def match_to_reference(
         raise ValueError(f"src_x, src_y, src_flux differ in length: "
                          f"{sx_all.size}, {sy_all.size}, {sflux.size}")
     if not (ra.size == dec.size == rmag.size):
-        raise ValueError(f"ref_ra, ref_dec, ref_mag differ in length: {ra.size}, {dec.size}, {rmag.size}")
+        raise ValueError(f"ref_ra, ref_dec, ref_mag differ in length: "
+                         f"{ra.size}, {dec.size}, {rmag.size}")
 
     src_ok = np.flatnonzero(np.isfinite(sx_all) & np.isfinite(sy_all))
     if src_ok.size < 3:
@@ -444,7 +464,7 @@ def match_to_reference(
             fitted, _, _, _, r_fit = _refine(start, rx[part], ry[part], sx, sy, tree, r0, cfg,
                                              center, norm, 1)
             px, py = fitted(rx[~part], ry[~part])
-            _, _, d_test = _unique_nearest(tree, px, py, 0.5 * r_fit)
+            _, _, d_test = unique_nearest_pairs(tree, px, py, 0.5 * r_fit)
             with np.errstate(invalid="ignore"):
                 n_on = int(bbox.contains(px, py).sum())
             count += d_test.size
