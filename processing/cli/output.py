@@ -27,7 +27,7 @@ def _cell(value) -> str:
     return str(value)
 
 
-def print_table(table: "pa.Table", fmt: str = "table", *, limit: int | None = None,
+def print_table(table: pa.Table, fmt: str = "table", *, limit: int | None = None,
                 stream=None) -> None:
     """Write ``table`` to ``stream`` (stdout) in the chosen format."""
     stream = stream or sys.stdout
