@@ -650,6 +650,23 @@ class Repo:
         with self._manager.read() as con:
             return run_query(con, query, bind, adql=adql)
 
+    # -- moving datasets between repositories ----------------------------------------------
+    def export_datasets(self, refs: Iterable[DatasetRef], directory: str | os.PathLike, *,
+                        transfer: str = "copy") -> Path:
+        """Export datasets with their dimension records and files to a directory.
+
+        See :mod:`store.transfer`; :meth:`import_datasets` reads it back.
+        """
+        from .transfer import export_datasets
+
+        return export_datasets(self, refs, directory, transfer=transfer)
+
+    def import_datasets(self, directory: str | os.PathLike, *, transfer: str = "copy") -> int:
+        """Import a directory written by :meth:`export_datasets`; returns the dataset count."""
+        from .transfer import import_datasets
+
+        return import_datasets(self, directory, transfer=transfer)
+
     # -- integrity ------------------------------------------------------------------------
     def verify(self, *, repair: bool = False, checksums: bool = True) -> VerifyReport:
         """Check that every registered file exists and matches its checksum.

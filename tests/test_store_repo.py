@@ -267,3 +267,28 @@ def test_verify_finds_missing_corrupt_and_orphans(filled_repo):
         repo.get(refs[1], verify=True)
     repaired = repo.verify(repair=True)
     assert repaired.removed == [str(orphan)] and not orphan.exists()
+
+
+def test_export_import_roundtrip_keeps_ids_rows_and_checksums(filled_repo, tmp_path):
+    repo = filled_repo
+    repo.put_many([(pa.table({"flux": [float(v)] * 3}), "src",
+                    {"instrument": "Cam", "visit": v, "detector": 1}) for v in range(6)],
+                  run="raw")
+    repo.put_many([(small_exposure(v), "post_isr_image",
+                    {"instrument": "Cam", "visit": v, "detector": 1}) for v in range(6)],
+                  run="raw")
+    subset = [*repo.query_datasets("src", "band = 'r'"),
+              *repo.query_datasets("post_isr_image", "band = 'r'")]
+    repo.export_datasets(subset, tmp_path / "export")
+    with Repo.create(tmp_path / "copy") as other:
+        assert other.import_datasets(tmp_path / "export") == 6
+        again = {(r.dataset_type, r.data_id["visit"]): r for r in
+                 [*other.query_datasets("src"), *other.query_datasets("post_isr_image")]}
+        for ref in subset:
+            twin = again[(ref.dataset_type, ref.data_id["visit"])]
+            assert twin.id == ref.id and twin.checksum == ref.checksum
+        assert other.sql("SELECT sum(flux) AS s FROM src").column("s")[0].as_py() == 27.0
+        assert sorted(other.dimension_records("visit").column("visit").to_pylist()) == [1, 3, 5]
+        assert other.verify().ok
+    with pytest.raises(DrpError, match="not empty"):
+        repo.export_datasets(subset, tmp_path / "export")
