@@ -232,7 +232,8 @@ def fit_tan_sip_detailed(
     ra0, dec0 = float(crval[0]), float(crval[1])
     used = finite.copy()
     i_const, i_u, i_v = terms.index((0, 0)), terms.index((1, 0)), terms.index((0, 1))
-    for _ in range(max(n_clip_iter, 0) + 1):
+    n_pass = max(n_clip_iter, 0) + 1
+    for i_pass in range(n_pass):
         for _ in range(6):  # tangent-point refinement
             xi, eta = _gnomonic(ra, dec, ra0, dec0)
             coef = _solve_poly(u[used], v[used], xi[used], eta[used], sw[used], terms, norm)
@@ -245,8 +246,8 @@ def fit_tan_sip_detailed(
         coef[i_const] = 0.0
         model = _design(u, v, terms, 1.0) @ coef
         resid = (model - np.stack([xi, eta], axis=-1)) * 3600.0
-        if n_clip_iter <= 0:
-            break
+        if i_pass == n_pass - 1:
+            break  # the last fit stands: no clipping the fit has not seen
         z = resid * sw[:, None]
         zu = z[used]
         sigma = _MAD_TO_SIGMA * np.median(np.abs(zu - np.median(zu, axis=0)), axis=0)
