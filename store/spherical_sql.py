@@ -40,6 +40,8 @@ Macros (all angles in degrees; argument order as listed):
 ``drp_halfspace(ra, dec, nx, ny, nz)`` -> DOUBLE
     Dot product of the position's unit vector with (nx, ny, nz): the side of a
     great circle with that pole the position lies on.
+``drp_dot(ra1, dec1, ra2, dec2)`` -> DOUBLE
+    Dot product of two positions' unit vectors (cosine of their separation).
 ``drp_triple(ra1, dec1, ra2, dec2, ra3, dec3)`` -> DOUBLE
     Triple product ``(v1 x v2) . v3`` of three positions' unit vectors.
 ``drp_pt_in_cpoly(ra, dec, vertices)`` -> BOOLEAN
@@ -63,16 +65,22 @@ import functools
 import math
 from typing import Any
 
+import numpy as np
 import sqlglot
 from sqlglot import exp
+
+from store.errors import InvalidQueryError, UnsupportedConstructError
 
 __all__ = [
     "AB_NJY_ZERO_POINT",
     "MACROS",
     "PREFILTER_PAD_DEG",
+    "PreparedPolygon",
     "expand",
     "install_macros",
     "macro_sql",
+    "number",
+    "unit_vectors",
 ]
 
 #: AB magnitude of a 1 nJy source: -2.5 log10(1e-9 Jy / 10**(-48.6/2.5) * 1e-23 Jy).
@@ -118,13 +126,12 @@ MACROS: dict[str, tuple[tuple[str, ...], str]] = {
     ),
     "drp_cap_half_width": (
         ("dec0", "radius"),
-        "degrees(asin(least(1.0, sin(radians(radius)) / cos(radians(dec0)))))"
-        f" + {PREFILTER_PAD_DEG!r}",
+        f"degrees(asin(least(1.0, sin(radians(radius)) / cos(radians(dec0))))) + {PREFILTER_PAD_DEG!r}",
     ),
-    "drp_check_radius": (
-        ("radius",),
-        "CASE WHEN radius < 0 THEN error('shape radius must be >= 0 degrees, got '"
-        " || CAST(radius AS VARCHAR)) ELSE TRUE END",
+    "drp_check_size": (
+        ("size", "what"),
+        "CASE WHEN size < 0 THEN error(what || ' must be >= 0 degrees, got '"
+        " || CAST(size AS VARCHAR)) ELSE TRUE END",
     ),
     "drp_hav_in_circle": (
         ("ra", "dec", "ra0", "dec0", "radius"),
@@ -134,8 +141,13 @@ MACROS: dict[str, tuple[tuple[str, ...], str]] = {
     ),
     "drp_pt_in_circle": (
         ("ra", "dec", "ra0", "dec0", "radius"),
-        "drp_check_radius(radius) AND drp_cap_bounds(ra, dec, ra0, dec0, radius)"
+        "drp_check_size(radius, 'CIRCLE radius') AND drp_cap_bounds(ra, dec, ra0, dec0, radius)"
         " AND drp_hav_in_circle(ra, dec, ra0, dec0, radius)",
+    ),
+    "drp_dot": (
+        ("ra1", "dec1", "ra2", "dec2"),
+        "sin(radians(dec1)) * sin(radians(dec2))"
+        " + cos(radians(dec1)) * cos(radians(dec2)) * cos(radians(ra2 - ra1))",
     ),
     "drp_halfspace": (
         ("ra", "dec", "nx", "ny", "nz"),
@@ -154,10 +166,10 @@ MACROS: dict[str, tuple[tuple[str, ...], str]] = {
     # inside iff |p.e| cos(w/2) <= (p.c) sin(w/2) and |p.n| cos(h/2) <= (p.c) sin(h/2).
     "drp_pt_in_box": (
         ("ra", "dec", "ra0", "dec0", "width", "height"),
-        "drp_check_radius(width) AND drp_check_radius(height)"
-        " AND drp_cap_bounds(ra, dec, ra0, dec0, degrees(atan(sqrt("
-        "power(tan(radians(least(width, 179.0) / 2)), 2)"
-        " + power(tan(radians(least(height, 179.0) / 2)), 2)))) + 1e-6)"
+        "drp_check_size(width, 'BOX width') AND drp_check_size(height, 'BOX height')"
+        " AND drp_cap_bounds(ra, dec, ra0, dec0, CASE WHEN greatest(width, height) >= 179.0"
+        " THEN 180.0 ELSE degrees(atan(sqrt(power(tan(radians(width / 2)), 2)"
+        " + power(tan(radians(height / 2)), 2)))) END)"
         " AND abs(cos(radians(dec)) * sin(radians(ra - ra0))) * cos(radians(width / 2))"
         " <= (sin(radians(dec)) * sin(radians(dec0))"
         " + cos(radians(dec)) * cos(radians(dec0)) * cos(radians(ra - ra0))) * sin(radians(width / 2))"
@@ -207,7 +219,10 @@ MACROS: dict[str, tuple[tuple[str, ...], str]] = {
         ("flux",),
         "CASE WHEN isfinite(flux) AND flux > 0 THEN -2.5 * log10(flux) - 48.6 END",
     ),
-    "scisql_abMagToFlux": (("mag",), "CASE WHEN isfinite(mag) THEN power(10.0, -0.4 * (mag + 48.6)) END"),
+    "scisql_abMagToFlux": (
+        ("mag",),
+        "CASE WHEN isfinite(mag) THEN power(10.0, -0.4 * (mag + 48.6)) END",
+    ),
 }
 
 # Macros whose bodies use DuckDB syntax sqlglot does not round-trip (list
@@ -307,7 +322,7 @@ def expand(name: str, *args: exp.Expression | str | float) -> exp.Expression:
             value = values[node.name].copy()
             return value if _atomic(value) else exp.Paren(this=value)
         if isinstance(node, exp.Anonymous) and node.name.lower() in _BY_LOWER_NAME:
-            inner = [substitute(a) for a in node.expressions]
+            inner = [a.transform(substitute) for a in node.expressions]
             return expand(node.name, *inner)
         return node
 
@@ -333,3 +348,142 @@ def number(value: float) -> exp.Expression:
         text = f"{text}e0"
     literal = exp.Literal.number(text)
     return exp.Paren(this=exp.Neg(this=literal)) if value < 0 else literal
+
+
+def unit_vectors(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
+    """Unit vectors, shape (n, 3), of positions (ra, dec) given in degrees."""
+    ra = np.radians(np.asarray(ra_deg, dtype=float))
+    dec = np.radians(np.asarray(dec_deg, dtype=float))
+    return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], axis=-1)
+
+
+def _radec(vector: np.ndarray) -> tuple[float, float]:
+    x, y, z = vector
+    return float(np.degrees(np.arctan2(y, x)) % 360.0), float(np.degrees(np.arctan2(z, np.hypot(x, y))))
+
+
+def _angle_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.degrees(np.arctan2(np.linalg.norm(np.cross(a, b), axis=-1), np.sum(a * b, axis=-1)))
+
+
+class PreparedPolygon:
+    """A spherical convex polygon with constant vertices, prepared for SQL.
+
+    Edges are great-circle arcs between consecutive vertices; the vertices may
+    wind either way.  Everything per-query (edge poles, orientation, bounding
+    cap) is computed once here, so the SQL per row is one dot product per edge
+    plus a declination/RA band the optimiser pushes into the scan.
+
+    Parameters
+    ----------
+    ra_deg, dec_deg : sequence of float
+        Vertex coordinates in degrees, in order (at least 3 distinct vertices; a
+        repeated closing vertex is dropped).
+    what : str
+        Name used in error messages (``"POLYGON"``, ``"BOX"``).
+
+    Raises
+    ------
+    InvalidQueryError
+        Fewer than 3 distinct vertices, declination outside [-90, 90], or an
+        edge between antipodal vertices.
+    UnsupportedConstructError
+        The vertices do not form a convex polygon.
+    """
+
+    def __init__(self, ra_deg, dec_deg, *, what: str = "POLYGON") -> None:
+        ra = np.asarray(ra_deg, dtype=float)
+        dec = np.asarray(dec_deg, dtype=float)
+        if not (np.all(np.isfinite(ra)) and np.all(np.isfinite(dec))):
+            raise InvalidQueryError(
+                f"{what} vertices must be finite numbers, got {list(zip(ra, dec, strict=False))}"
+            )
+        bad = np.flatnonzero(np.abs(dec) > 90.0)
+        if bad.size:
+            raise InvalidQueryError(
+                f"{what} vertex declination must be within [-90, 90] degrees, got {dec[bad[0]]!r}"
+            )
+        vectors = unit_vectors(ra, dec)
+        # Drop consecutive duplicates, including a closing vertex equal to the first.
+        keep = _angle_deg(vectors, np.roll(vectors, -1, axis=0)) > 1e-10
+        vectors = vectors[keep]
+        if len(vectors) < 3:
+            raise InvalidQueryError(f"{what} needs at least 3 distinct vertices, got {len(vectors)}")
+        edges = np.cross(vectors, np.roll(vectors, -1, axis=0))
+        lengths = np.linalg.norm(edges, axis=1)
+        if np.any(lengths < 1e-15):
+            i = int(np.argmin(lengths))
+            raise InvalidQueryError(
+                f"{what} edge {i + 1} joins antipodal vertices; its great circle is undefined"
+            )
+        normals = edges / lengths[:, None]
+        # Orientation: the vertex mean lies inside a convex polygon, so every
+        # edge pole sees it on the same side; make the poles point inward.
+        inside = vectors.sum(axis=0)
+        sides = normals @ inside
+        orientation = np.sign(sides.sum())
+        if orientation == 0:
+            raise UnsupportedConstructError(f"{what} is degenerate (zero area)")
+        normals = normals * orientation
+        # Convex iff every vertex is on the inner side of every edge.
+        margins = normals @ vectors.T
+        if np.any(margins < -1e-12):
+            edge, _ = np.unravel_index(int(np.argmin(margins)), margins.shape)
+            raise UnsupportedConstructError(
+                f"{what} is not convex (or self-intersecting) at edge {edge + 1}; "
+                "only convex spherical polygons are supported"
+            )
+        self.what = what
+        self.vertices = vectors
+        self.normals = normals
+        norm = np.linalg.norm(inside)
+        self.center = (
+            inside / norm if norm > 0 else normals.sum(axis=0) / np.linalg.norm(normals.sum(axis=0))
+        )
+        self.radius_deg = float(np.max(_angle_deg(self.center[None, :], self.vertices)))
+
+    def __repr__(self) -> str:
+        corners = ", ".join(f"({r:.6f}, {d:.6f})" for r, d in map(_radec, self.vertices))
+        return f"PreparedPolygon([{corners}], what={self.what!r})"
+
+    @property
+    def vertices_radec(self) -> list[tuple[float, float]]:
+        """Vertices as (ra, dec) degrees, ra in [0, 360)."""
+        return [_radec(v) for v in self.vertices]
+
+    def area_deg2(self) -> float:
+        """Solid angle in square degrees (exact spherical excess, fan triangulation)."""
+        a = self.vertices[0]
+        b, c = self.vertices[1:-1], self.vertices[2:]
+        det = np.abs(np.einsum("ij,ij->i", np.cross(b, c), np.broadcast_to(a, b.shape)))
+        den = 1.0 + b @ a + c @ a + np.einsum("ij,ij->i", b, c)
+        return float(np.sum(2.0 * np.arctan2(det, den)) * np.degrees(1.0) ** 2)
+
+    def cap_sql(self, ra: exp.Expression, dec: exp.Expression) -> exp.Expression | None:
+        """Declination/RA band around the bounding cap, or None when the cap is a hemisphere or more."""
+        if self.radius_deg >= 89.0:
+            return None
+        ra0, dec0 = _radec(self.center)
+        return expand("drp_cap_bounds", ra, dec, ra0, dec0, self.radius_deg + 1e-9)
+
+    def contains_sql(
+        self, ra: exp.Expression, dec: exp.Expression, *, prefilter: bool = True
+    ) -> exp.Expression:
+        """Boolean SQL: the position (ra, dec) [degrees] is inside or on the polygon."""
+        terms = [self.halfspace_sql(ra, dec, n) for n in self.normals]
+        cap = self.cap_sql(ra, dec) if prefilter else None
+        return _conjunction(([cap] if cap is not None else []) + terms)
+
+    @staticmethod
+    def halfspace_sql(ra: exp.Expression, dec: exp.Expression, normal: np.ndarray) -> exp.Expression:
+        """Boolean SQL: unit vector of (ra, dec) has a non-negative dot product with ``normal``."""
+        return exp.GTE(
+            this=expand("drp_halfspace", ra, dec, *map(float, normal)), expression=number(0.0)
+        )
+
+
+def _conjunction(terms: list[exp.Expression]) -> exp.Expression:
+    result = terms[0]
+    for term in terms[1:]:
+        result = exp.And(this=result, expression=term)
+    return exp.Paren(this=result)
