@@ -9,10 +9,12 @@ bounding caps, areas); shapes built from columns are tested with the same
 formulas written in SQL.
 
 Supported relations (everything else raises ``UnsupportedConstructError``):
-POINT in CIRCLE / POLYGON / BOX; CIRCLE in CIRCLE; CIRCLE in constant
-POLYGON/BOX; any POLYGON/BOX in CIRCLE or in constant POLYGON/BOX; INTERSECTS
-of two CIRCLEs, of a CIRCLE and a constant POLYGON/BOX, or with a POINT (same
-as CONTAINS).  POLYGONs must be convex (scisql and Qserv require the same).
+POINT in CIRCLE / POLYGON / BOX; CIRCLE in CIRCLE or POLYGON; POLYGON in
+CIRCLE or POLYGON; INTERSECTS of two CIRCLEs, of a CIRCLE and a POLYGON, or
+with a POINT (same as CONTAINS).  POLYGON vertices may be constants or columns
+(e.g. the CcdVisit corners ``llcra, llcdec, ...``); a BOX must be constant
+except in ``CONTAINS(POINT, BOX)``.  POLYGONs must be convex (scisql and Qserv
+require the same); INTERSECTS of two POLYGONs/BOXes is not supported.
 """
 
 from __future__ import annotations
@@ -256,14 +258,6 @@ def _polygon(shape: Polygon | Box) -> Polygon:
     if polygon is None:
         raise UnsupportedConstructError("BOX with non-constant parameters outside CONTAINS(POINT, BOX)")
     return polygon
-
-
-def _const_polygon(shape: Shape) -> Polygon | None:
-    if isinstance(shape, Box):
-        return shape.as_polygon()
-    if isinstance(shape, Polygon) and shape.const is not None:
-        return shape
-    return None
 
 
 def _and(*terms: exp.Expression) -> exp.Expression:
@@ -560,33 +554,22 @@ def distance_bound_sql(p: Point, q: Point, limit: exp.Expression) -> exp.Express
 
 def area_sql(shape: Shape) -> exp.Expression:
     """ADQL ``AREA``: solid angle in square degrees."""
+    sq_deg = math.degrees(1.0) ** 2
+    if isinstance(shape, Point):
+        return number(0.0)
     if isinstance(shape, Circle):
         r = const_value(shape.radius)
         if r is not None:
-            return number(
-                2 * math.pi * (1 - math.cos(math.radians(min(r, 180.0)))) * math.degrees(1.0) ** 2
-            )
+            return number(2 * math.pi * (1 - math.cos(math.radians(min(r, 180.0)))) * sq_deg)
+        radius = exp.Least(this=shape.radius.copy(), expressions=[number(180.0)])
+        cos_r = exp.Cos(this=exp.Anonymous(this="radians", expressions=[radius]))
         return exp.Paren(
             this=exp.Mul(
-                this=number(2 * math.pi * math.degrees(1.0) ** 2),
-                expression=exp.Paren(
-                    this=exp.Sub(
-                        this=number(1.0),
-                        expression=exp.Cos(
-                            this=exp.Anonymous(
-                                this="radians",
-                                expressions=[
-                                    exp.Least(this=shape.radius.copy(), expressions=[number(180.0)])
-                                ],
-                            )
-                        ),
-                    )
-                ),
+                this=number(2 * math.pi * sq_deg),
+                expression=exp.Paren(this=exp.Sub(this=number(1.0), expression=cos_r)),
             )
         )
-    polygon = _const_polygon(shape) if not isinstance(shape, Point) else None
-    if polygon is None:
-        if isinstance(shape, Point):
-            return number(0.0)
-        raise UnsupportedConstructError("AREA of a POLYGON/BOX with non-constant vertices")
+    polygon = _polygon(shape)
+    if polygon.const is None:
+        raise UnsupportedConstructError("AREA of a POLYGON with non-constant vertices")
     return number(polygon.const.area_deg2())

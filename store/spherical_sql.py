@@ -65,6 +65,7 @@ import functools
 import math
 from typing import Any
 
+import duckdb
 import numpy as np
 import sqlglot
 from sqlglot import exp
@@ -74,6 +75,7 @@ from store.errors import InvalidQueryError, UnsupportedConstructError
 __all__ = [
     "AB_NJY_ZERO_POINT",
     "MACROS",
+    "MACROS_VERSION",
     "PREFILTER_PAD_DEG",
     "PreparedPolygon",
     "expand",
@@ -246,6 +248,10 @@ _INSTALL_ONLY: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
+#: Bumped whenever a macro changes; ``drp_macros_version()`` returns it once installed.
+MACROS_VERSION = 1
+
+
 def macro_sql(*, temporary: bool = True) -> list[str]:
     """Return the ``CREATE OR REPLACE MACRO`` statements for every macro, in dependency order.
 
@@ -255,23 +261,34 @@ def macro_sql(*, temporary: bool = True) -> list[str]:
         Create ``TEMP`` macros (connection-local, allowed on read-only connections).
     """
     kind = "TEMP MACRO" if temporary else "MACRO"
-    return [
+    statements = [
         f"CREATE OR REPLACE {kind} {name}({', '.join(params)}) AS {body}"
         for name, (params, body) in {**MACROS, **_INSTALL_ONLY}.items()
     ]
+    # Last, so that its presence means every macro above is there.
+    return [*statements, f"CREATE OR REPLACE {kind} drp_macros_version() AS {MACROS_VERSION}"]
 
 
-def install_macros(connection: Any, *, temporary: bool = True) -> None:
+def install_macros(connection: Any, *, temporary: bool = True, force: bool = False) -> None:
     """Create the spherical-geometry and scisql macros on a DuckDB connection.
 
     Parameters
     ----------
     connection : duckdb.DuckDBPyConnection
-        Connection to install into.  Idempotent (``CREATE OR REPLACE``).
+        Connection to install into.
     temporary : bool
         ``TEMP`` macros (default) live with the connection and work on read-only
         databases; ``False`` stores them in the database file.
+    force : bool
+        Recreate them even if this version is already installed (installing
+        takes ~50 ms; the check ~1 ms).
     """
+    if not force:
+        try:
+            if connection.execute("SELECT drp_macros_version()").fetchall()[0][0] == MACROS_VERSION:
+                return
+        except duckdb.Error:
+            pass
     for statement in macro_sql(temporary=temporary):
         connection.execute(statement)
 

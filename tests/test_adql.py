@@ -714,3 +714,34 @@ def test_macros_match_translation(data):
     assert poly == int(
         _gnomonic_inside(src["coord_ra"].to_numpy(), src["coord_dec"].to_numpy(), verts).sum()
     )
+
+
+def test_lowercase_adql_with_duckdb_parameters(data):
+    sql = prepare_sql(
+        "select top 5 sourceid from dp1.source where contains(point('icrs', coord_ra, coord_dec), "
+        "circle('icrs', 62, -37, 0.5)) = 1 and band = $band order by sourceid"
+    )
+    got = [r[0] for r in data["con"].execute(sql, {"band": "g"}).fetchall()]
+    src = data["Source"]
+    sel = (_sep_deg(src["coord_ra"].to_numpy(), src["coord_dec"].to_numpy(), 62, -37) <= 0.5) & (
+        src["band"].to_numpy() == "g"
+    )
+    assert got == sorted(src.filter(pl.Series(sel))["sourceId"].to_list())[:5]
+    assert len(got) == 5
+
+
+def test_column_names_equal_to_macro_parameters():
+    """Columns called like the macros' parameters (ra, dec, radius...), even swapped, stay distinct."""
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE T AS SELECT * FROM (VALUES (10.0, 20.0, 10.3, 20.0, 0.5),"
+        " (10.0, 20.0, 11.0, 20.0, 0.5)) v(ra0, dec0, ra, dec, radius)"
+    )
+    sql = translate(
+        "SELECT CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', ra0, dec0, radius)) AS a, "
+        "CONTAINS(POINT('ICRS', ra0, dec0), CIRCLE('ICRS', ra, dec, radius)) AS b, "
+        "DISTANCE(POINT('ICRS', dec, ra), POINT('ICRS', dec0, ra0)) AS swapped FROM T"
+    )
+    rows = con.sql(sql).fetchall()
+    assert [(a, b) for a, b, _ in rows] == [(1, 1), (0, 0)]
+    np.testing.assert_allclose([s for *_, s in rows], _sep_deg(20.0, 10.0, 20.0, np.array([10.3, 11.0])))
