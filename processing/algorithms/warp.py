@@ -279,12 +279,18 @@ def compute_pixel_mapping(
 
 
 @functools.lru_cache(maxsize=4)
-def _kernel_table(order: int) -> np.ndarray:
-    """Lanczos weights for fractions ``k / _LUT_SIZE``, ``k = 0 .. _LUT_SIZE``; shape (n+1, 2a)."""
+def _kernel_table(order: int) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised Lanczos weights (and their squares) for fractions ``k / _LUT_SIZE``.
+
+    Shape ``(_LUT_SIZE + 1, 2 order)``; each row sums to 1.
+    """
     frac = np.arange(_LUT_SIZE + 1) / _LUT_SIZE
-    table = np.ascontiguousarray(lanczos_weights(frac, order))
+    table = lanczos_weights(frac, order)
+    table = np.ascontiguousarray(table / table.sum(axis=1, keepdims=True))
+    squared = table * table
     table.flags.writeable = False
-    return table
+    squared.flags.writeable = False
+    return table, squared
 
 
 def _warp_chunk_numpy(img, var, msk, xs, ys, area, order, full_bits, nodata):
@@ -361,11 +367,13 @@ _NUMBA_ORDER = 3
 _NUMBA_NTAP = 2 * _NUMBA_ORDER
 
 
-def _warp_rows_loop(img, var, msk, win, vx, row_idx, row_w, x_off, y_off, lut, nodata,
+def _warp_rows_loop(img, var, msk, win, vx, row_idx, row_w, x_off, y_off, lut, lut2, nodata,
                     out_img, out_var, out_msk, out_good):
     """Per-pixel Lanczos-3 loop, compiled by numba; same arithmetic as :func:`_warp_chunk_numpy`.
 
-    ``var``, ``msk`` and ``win`` may be None: numba compiles a version per
+    ``lut`` holds kernel weights normalised to sum 1 per axis and ``lut2``
+    their squares, so ``sum K I / sum K`` and ``sum K^2 V / (sum K)^2`` need
+    no per-pixel normalisation.  ``var``, ``msk`` and ``win`` may be None: numba compiles a version per
     combination with the unused branches removed.  ``win`` is the OR of the
     ``grow_full_mask`` bits over each 6x6 window, indexed by the window's
     first pixel.  The transform is interpolated here too: ``vx`` holds (x, y,
@@ -409,27 +417,18 @@ def _warp_rows_loop(img, var, msk, win, vx, row_idx, row_w, x_off, y_off, lut, n
             iv = int(v)
             fu = u - iu
             fv = v - iv
-            wx = lut[np.uintp(fu * nlut + 0.5)]
-            wy = lut[np.uintp(fv * nlut + 0.5)]
+            lx = np.uintp(fu * nlut + 0.5)
+            ly = np.uintp(fv * nlut + 0.5)
+            wx = lut[lx]
+            wy = lut[ly]
             base = np.uintp((iv - order + 1) * nx_s + (iu - order + 1))
-            ksx = 0.0
-            ksy = 0.0
-            for a in range(ntap):
-                ksx += wx[a]
-                ksy += wy[a]
             acc = 0.0
-            accv = 0.0
             for b in range(ntap):
                 rb = base + np.uintp(b) * row_step
                 racc = 0.0
-                raccv = 0.0
                 for a in range(ntap):
                     racc += wx[a] * flat[rb + a]
-                    if var is not None:
-                        raccv += wx[a] * wx[a] * flat_v[rb + a]
                 acc += wy[b] * racc
-                if var is not None:
-                    accv += wy[b] * wy[b] * raccv
             if acc != acc:
                 out_img[j, i] = np.nan
                 if var is not None:
@@ -437,10 +436,18 @@ def _warp_rows_loop(img, var, msk, win, vx, row_idx, row_w, x_off, y_off, lut, n
                 out_msk[j, i] = nodata
                 out_good[j, i] = False
                 continue
-            ks = ksx * ksy
-            out_img[j, i] = rel * acc / ks
+            out_img[j, i] = rel * acc
             if var is not None:
-                out_var[j, i] = rel * rel * accv / (ks * ks)
+                wx2 = lut2[lx]
+                wy2 = lut2[ly]
+                accv = 0.0
+                for b in range(ntap):
+                    rb = base + np.uintp(b) * row_step
+                    raccv = 0.0
+                    for a in range(ntap):
+                        raccv += wx2[a] * flat_v[rb + a]
+                    accv += wy2[b] * raccv
+                out_var[j, i] = rel * rel * accv
             out_good[j, i] = True
             m = 0
             if win is not None:
@@ -571,7 +578,7 @@ def warp_image(
         full_bits = 0  # skips the footprint OR when no EDGE-like bit is present at all
     rows, cols = reach.slices_in(dst_box)
     if use_numba:
-        lut = _kernel_table(order)
+        lut, lut2 = _kernel_table(order)
         win = None
         if full_bits:
             win = _window_or(msk, full_bits, 2 * order)
@@ -583,7 +590,7 @@ def warp_image(
             # Outputs are written in place through (non-contiguous) views of the result.
             row_idx, row_w = grid.row_weights(r0, r1)
             _warp_rows_numba(img, var, msk_arg, win, grid.vx, row_idx, row_w,
-                             float(src_box.x0), float(src_box.y0), lut, nodata, out_img[sl],
+                             float(src_box.x0), float(src_box.y0), lut, lut2, nodata, out_img[sl],
                              out_var[sl] if out_var is not None else None,
                              out_msk[sl], out_good[sl])
             continue
