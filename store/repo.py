@@ -32,10 +32,9 @@ import pyarrow as pa
 from .connection import manager_for
 from .datastore import (
     TMP_MARKER,
-    atomic_write,
+    BatchWriter,
     checksum_file,
     dataset_relpath,
-    fsync_directory,
     transfer_file,
     verify_file,
 )
@@ -294,7 +293,7 @@ class Repo:
         if not items:
             return []
         types, ids, expanded = self._prepare([(t, dict(d)) for _, t, d in items], run)
-        written: list[Path] = []
+        batch = BatchWriter(self.root, durable=durable)
         rows: dict[str, list] = {k: [] for k in ("id", "dataset_type", "run", "data_id_key",
                                                  "path", "size", "checksum", "created",
                                                  "external")}
@@ -308,10 +307,8 @@ class Repo:
                 if sc.is_table:
                     obj = as_arrow(obj)
                 rel = dataset_relpath(run, dt.name, did, sc.extension)
-                path = self.root / rel
-                size, checksum = atomic_write(path, lambda f, o=obj, w=sc.write: w(o, f),
-                                              durable=durable)
-                written.append(path)
+                size, checksum = batch.write(self.root / rel,
+                                             lambda f, o=obj, w=sc.write: w(o, f))
                 ref_id = uuid.uuid4()
                 for k, v in (("id", ref_id), ("dataset_type", dt.name), ("run", run),
                              ("data_id_key", data_id_key(did)), ("path", rel), ("size", size),
@@ -322,17 +319,14 @@ class Repo:
                         self._sql_rows(obj, dt, did, ref_id, run))
                     units.setdefault(dt.name, {}).update(column_units(obj))
                 refs.append(DatasetRef(ref_id, dt.name, did, run, rel, size, checksum))
-            if durable:
-                for directory in {p.parent for p in written}:
-                    fsync_directory(directory)
+            batch.commit()  # files durable under their final names before any row exists
             self.registry.insert_datasets(
                 self._dataset_rows(rows, expanded),
                 {k: pa.concat_tables(v, promote_options="permissive")
                  for k, v in table_rows.items()},
                 units)
         except BaseException:
-            for path in written:  # nothing was registered: the files would be orphans
-                path.unlink(missing_ok=True)
+            batch.abort()  # nothing was registered: the files would be orphans
             raise
         return refs
 
@@ -540,7 +534,7 @@ class Repo:
         runs = self.registry.flatten(collections)
         if not runs:
             return DatasetQueryResult(pa.table({"id": []}), {})
-        joins, spatial = self._joins(dt)
+        joins, spatial = self._joins(dt, where or "", region is not None)
         run_params = {f"_r{i}": r for i, r in enumerate(runs)}
         rank = " ".join(f"WHEN ${k} THEN {i}" for i, k in enumerate(run_params))
         region_cols = ""
@@ -574,15 +568,25 @@ class Repo:
         return DatasetQueryResult(table, {dt.name: dt.dimensions})
 
     @staticmethod
-    def _joins(dt: DatasetType) -> tuple[str, list[str]]:
-        """LEFT JOINs exposing dimension-record columns, and the spatial ones (most
-        specific first)."""
+    def _joins(dt: DatasetType, where: str, spatial_needed: bool) -> tuple[str, list[str]]:
+        """LEFT JOINs exposing the dimension-record columns the query uses, and the
+        spatial elements (most specific first).
+
+        Only elements whose name or columns appear in ``where`` are joined:
+        the joins cost more than the rest of a typical query.
+        """
+        import re
+
+        words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", where))
         dims = set(dt.dimensions)
-        joins = []
-        elements = [e for n, e in ELEMENTS.items() if e.has_table and e.is_dimension
-                    and n in dims and n not in ("instrument",)]
+        candidates = [e for n, e in ELEMENTS.items() if e.has_table and e.is_dimension
+                      and n in dims and n not in ("instrument",)]
         if {"visit", "detector"} <= dims:
-            elements.append(ELEMENTS["visit_detector_region"])
+            candidates.append(ELEMENTS["visit_detector_region"])
+        elements = [e for e in candidates
+                    if (spatial_needed and e.spatial) or e.name in words
+                    or any(c.name in words for c in e.columns)]
+        joins = []
         for element in elements:
             own = set(element.primary_key) | set(element.implied)
             cols = [c.name for c in element.columns if c.name not in own]
