@@ -25,6 +25,7 @@ __all__ = [
     "TMP_MARKER",
     "BatchWriter",
     "HashingWriter",
+    "atomic_replace",
     "atomic_write",
     "checksum_file",
     "dataset_relpath",
@@ -234,6 +235,30 @@ def atomic_write(path: Path, write: Callable[[Any], None], *, durable: bool = Tr
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         raise FileExistsError(f"{path} already exists; refusing to overwrite a dataset file")
+    tmp = path.with_name(f"{path.name}{TMP_MARKER}{uuid.uuid4().hex[:12]}")
+    try:
+        with open(tmp, "wb") as raw:
+            writer = HashingWriter(raw)
+            write(writer)
+            raw.flush()
+            if durable:
+                os.fsync(raw.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return writer.size, writer.hexdigest()
+
+
+def atomic_replace(path: Path, write: Callable[[Any], None], *, durable: bool = True
+                   ) -> tuple[int, str]:
+    """Like :func:`atomic_write` but replaces an existing (unregistered) file.
+
+    Used by pipeline workers: a file left by an interrupted run was never
+    registered, so rewriting it loses nothing.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}{TMP_MARKER}{uuid.uuid4().hex[:12]}")
     try:
         with open(tmp, "wb") as raw:

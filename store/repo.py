@@ -428,6 +428,59 @@ class Repo:
             raise
         return refs
 
+    def register_files(self, files: Sequence[Mapping[str, Any]], *, run: str,
+                       read_tables: bool = True) -> list[DatasetRef]:
+        """Register files that a worker already wrote in place (the pipeline's path).
+
+        Parameters
+        ----------
+        files : sequence of mapping
+            Each with ``dataset_type``, ``data_id``, ``path`` (relative to the
+            repository), ``size`` and ``checksum``, and optionally ``id``.
+        run : str
+            Existing RUN collection the files belong to.
+        read_tables : bool
+            Read table datasets to fill their SQL tables.
+
+        Returns
+        -------
+        list of DatasetRef
+        """
+        if not files:
+            return []
+        types, ids, expanded = self._prepare(
+            [(f["dataset_type"], dict(f["data_id"])) for f in files], run)
+        rows: dict[str, list] = {k: [] for k in ("id", "dataset_type", "run", "data_id_key",
+                                                 "path", "size", "checksum", "created",
+                                                 "external")}
+        table_rows: dict[str, list[pa.Table]] = {}
+        units: dict[str, dict[str, str]] = {}
+        refs = []
+        now = _dt.datetime.now(_dt.UTC).replace(tzinfo=None)
+        for f, dt, did in zip(files, types, ids, strict=True):
+            path = self.root / f["path"]
+            if not path.exists():
+                raise DrpError(f"cannot register {f['path']}: the file does not exist")
+            ref_id = uuid.UUID(str(f["id"])) if f.get("id") else uuid.uuid4()
+            for k, v in (("id", ref_id), ("dataset_type", dt.name), ("run", run),
+                         ("data_id_key", data_id_key(did)), ("path", f["path"]),
+                         ("size", f["size"]), ("checksum", f["checksum"]), ("created", now),
+                         ("external", False)):
+                rows[k].append(v)
+            sc = get_storage_class(dt.storage_class)
+            if sc.is_table and read_tables:
+                table = sc.read(path)
+                table_rows.setdefault(dt.name, []).append(
+                    self._sql_rows(table, dt, did, ref_id, run))
+                units.setdefault(dt.name, {}).update(column_units(table))
+            refs.append(DatasetRef(ref_id, dt.name, did, run, f["path"], f["size"],
+                                   f["checksum"]))
+        self.registry.insert_datasets(
+            self._dataset_rows(rows, expanded),
+            {k: pa.concat_tables(v, promote_options="permissive") for k, v in table_rows.items()},
+            units)
+        return refs
+
     def remove_run(self, run: str) -> int:
         """Delete a RUN collection, its registry rows, then its files; returns the file count.
 
