@@ -140,6 +140,16 @@ def deblend(detection: DetectionResult, image: np.ndarray, variance: np.ndarray,
     Returns
     -------
     DeblendResult
+
+    Examples
+    --------
+    >>> from processing.algorithms.detection import detect_sources
+    >>> y, x = np.mgrid[:40, :60]
+    >>> img = sum(f * np.exp(-((x - x0) ** 2 + (y - 20) ** 2) / 8) for f, x0 in [(50, 22), (30, 36)])
+    >>> var = np.ones_like(img)
+    >>> res = deblend(detect_sources(img, var, None, 2.0), img, var, 2.0)
+    >>> res.catalog["id"].tolist(), res.catalog["parent"].tolist(), res.catalog["peak_x"].tolist()
+    ([1, 2, 3], [0, 1, 1], [22, 22, 36])
     """
     config = config or DeblendConfig()
     labels = detection.labels
