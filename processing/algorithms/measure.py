@@ -39,17 +39,10 @@ from store.formats.parquet import with_units
 from store.masks import bits
 from store.psf import Psf
 
+from .apertures import APERTURE_RADII, aperture_flux, aperture_flux_stamps
 from .centroid import centroid_window_half, cut_stamps, sdss_centroid, sdss_centroid_stamps
 from .moments import adaptive_moments, determinant_radius, psf_moments, psf_moments_at
-from .photometry import (
-    APERTURE_RADII,
-    aperture_flux,
-    aperture_flux_stamps,
-    gaussian_flux,
-    local_background,
-    psf_flux,
-    psf_flux_blend,
-)
+from .photometry import gaussian_flux, local_background, psf_flux, psf_flux_blend
 from .psf_images import model_stamps, nearest_pixel
 
 __all__ = ["MeasurementConfig", "aperture_column", "measure_sources"]

@@ -1,0 +1,353 @@
+"""Circular-aperture photometry with exact pixel/circle overlap areas.
+
+The weight of a pixel is the area of the pixel square inside the circle.  It is
+an inclusion-exclusion of the primitive ``Q(x, y)``, the area of the disc
+inside the box spanned by its centre and ``(x, y)``, signed by
+``sign(x) sign(y)``:
+
+    area([x0, x1] x [y0, y1]) = Q(x1, y1) - Q(x0, y1) - Q(x1, y0) + Q(x0, y0),
+    Q(x, y) = ay t + H(ax) - H(t),   ax, ay = min(|x|, r), min(|y|, r),
+    t = min(ax, sqrt(r^2 - ay^2)),   H(u) = (u sqrt(r^2 - u^2) + r^2 asin(u / r)) / 2,
+
+exact to rounding (~1e-13 of a pixel for r <= 70).  ``flux = sum(a I)``,
+``err = sqrt(sum(a^2 V))`` (sep uses ``sum(a V)``, which understates the
+error of partially covered pixels); an aperture is flagged when it leaves the
+image (``flag_truncated``) or covers a pixel with a bad mask bit
+(``flag_masked``).  Rubin switches to naive pixel-centre apertures beyond its
+sinc radius (12 px); here every radius is exact.
+
+Speed (5,000 sources, the ten Rubin radii 3 ... 70 px, 4k x 4k image, one core
+of this shared machine): the numba loop (row by row: interior runs summed
+plainly, boundary pixels with exact areas) takes 0.6-1.2 s; the best
+vectorised numpy version tried (boundary pixels exact, interior runs from row
+cumulative sums) took 3.5 s, and ``sep.sum_circle(subpix=0)`` 2.1-2.7 s.  The
+numba path is used when numba is installed; the numpy fallback
+(``engine="numpy"``, area weights on whole boxes, chunked) gives the same
+numbers, slower.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+try:  # numba is optional: the numpy path gives the same numbers, several times slower
+    import numba
+except ImportError:  # pragma: no cover - exercised only without numba
+    numba = None
+
+#: Overlap below which a pixel does not count as touched (rounding of tangent pixels).
+_MIN_AREA = 1e-9
+
+__all__ = [
+    "APERTURE_RADII",
+    "ApertureFlux",
+    "aperture_flux",
+    "aperture_flux_stamps",
+    "pixel_circle_overlap",
+]
+
+#: Radii (pixels) of ``base_CircularApertureFlux`` in the Rubin single-frame configuration.
+APERTURE_RADII = (3.0, 4.5, 6.0, 9.0, 12.0, 17.0, 25.0, 35.0, 50.0, 70.0)
+
+
+# ------------------------------------------------------------------- exact areas (numpy)
+
+
+def _signed_area_np(x, y, r):
+    """Vectorised ``Q(x, y)`` (see module docstring)."""
+    ax = np.minimum(np.abs(x), r)
+    ay = np.minimum(np.abs(y), r)
+    t = np.minimum(ax, np.sqrt(np.maximum(r * r - ay * ay, 0.0)))
+
+    def prim(u):
+        return 0.5 * (u * np.sqrt(np.maximum(r * r - u * u, 0.0))
+                      + r * r * np.arcsin(np.minimum(u / r, 1.0)))
+
+    return np.sign(x) * np.sign(y) * (ay * t + prim(ax) - prim(t))
+
+
+def pixel_circle_overlap(px, py, xc, yc, r):
+    """Exact area of the pixel squares ``[px +- 0.5] x [py +- 0.5]`` inside a circle.
+
+    Parameters
+    ----------
+    px, py : array_like
+        Pixel centres (broadcastable).
+    xc, yc : array_like
+        Circle centres, pixels (broadcastable).
+    r : float or array_like
+        Circle radii, pixels (> 0).
+
+    Returns
+    -------
+    numpy.ndarray
+        Overlap areas in pixel units (0 to 1).
+
+    Examples
+    --------
+    >>> round(float(pixel_circle_overlap(0, 0, 0.0, 0.0, 0.5)), 6)  # pi / 4
+    0.785398
+    """
+    dx = np.asarray(px, dtype=float) - np.asarray(xc, dtype=float)
+    dy = np.asarray(py, dtype=float) - np.asarray(yc, dtype=float)
+    r = np.asarray(r, dtype=float)
+    x0, x1, y0, y1 = dx - 0.5, dx + 0.5, dy - 0.5, dy + 0.5
+    return (_signed_area_np(x1, y1, r) - _signed_area_np(x0, y1, r)
+            - _signed_area_np(x1, y0, r) + _signed_area_np(x0, y0, r))
+
+
+def _aperture_numpy(image, variance, bad, index, xc, yc, radii, chunk_pixels=4_000_000):
+    """Numpy path: exact weights on the bounding box of each circle, sources in chunks."""
+    n = xc.size
+    _, height, width = image.shape
+    flux = np.zeros((n, radii.size))
+    var = np.zeros((n, radii.size))
+    nbad = np.zeros((n, radii.size), dtype=np.int64)
+    for q, r in enumerate(radii):
+        half = int(np.ceil(r)) + 1
+        offs = np.arange(-half, half + 1)
+        step = max(1, chunk_pixels // offs.size**2)
+        for a in range(0, n, step):
+            s = slice(a, a + step)
+            ix = np.floor(xc[s] + 0.5).astype(np.int64)
+            iy = np.floor(yc[s] + 0.5).astype(np.int64)
+            cols = ix[:, None] + offs
+            rows = iy[:, None] + offs
+            inside = ((rows >= 0) & (rows < height))[:, :, None] & \
+                ((cols >= 0) & (cols < width))[:, None, :]
+            w = pixel_circle_overlap(cols[:, None, :], rows[:, :, None],
+                                     xc[s, None, None], yc[s, None, None], r) * inside
+            k = index[s][:, None, None]
+            rr = np.clip(rows, 0, height - 1)[:, :, None]
+            cc = np.clip(cols, 0, width - 1)[:, None, :]
+            flux[s, q] = (w * image[k, rr, cc]).sum(axis=(1, 2))
+            var[s, q] = (w * w * variance[k, rr, cc]).sum(axis=(1, 2))
+            nbad[s, q] = ((w > _MIN_AREA) & (bad[k, rr, cc] != 0)).sum(axis=(1, 2))
+    return flux, var, nbad
+
+
+# ------------------------------------------------------------------- exact areas (numba)
+
+if numba is not None:
+
+    @numba.njit(cache=True)
+    def _prim(t, r):
+        return 0.5 * (t * math.sqrt(max(r * r - t * t, 0.0)) + r * r * math.asin(min(t / r, 1.0)))
+
+    @numba.njit(cache=True)
+    def _signed_area(x, y, r):
+        # Scalar Q(x, y): as _signed_area_np, skipping the arcsines for boxes inside the disc.
+        if x == 0.0 or y == 0.0:
+            return 0.0
+        ax = min(abs(x), r)
+        ay = min(abs(y), r)
+        if ax * ax + ay * ay <= r * r:
+            area = ax * ay
+        else:
+            t = math.sqrt(max(r * r - ay * ay, 0.0))
+            area = ay * t + _prim(ax, r) - _prim(t, r)
+        return area if (x > 0) == (y > 0) else -area
+
+    @numba.njit(cache=True)
+    def _strip_area(x, y0, y1, r):
+        """Signed area of the disc inside the strip ``[y0, y1]`` between 0 and ``x``."""
+        return _signed_area(x, y1, r) - _signed_area(x, y0, r)
+
+    # "reassoc" lets LLVM vectorise the interior-run sums (summation order only).
+    @numba.njit(cache=True, fastmath={"reassoc"})
+    def _aperture_kernel(image, variance, bad, index, xc, yc, radii, flux, var, nbad):
+        """Exact-overlap sums over circles, row by row; results into (n, n_radii) arrays."""
+        _, height, width = image.shape
+        for s in range(xc.size):
+            k = index[s]
+            x, y = xc[s], yc[s]
+            for q in range(radii.size):
+                r = radii[q]
+                f = 0.0
+                v = 0.0
+                nb = 0
+                jlo = max(math.floor(y - r - 0.5) + 1, 0)
+                jhi = min(math.ceil(y + r + 0.5) - 1, height - 1)
+                for j in range(jlo, jhi + 1):
+                    yb0 = j - 0.5 - y
+                    yb1 = yb0 + 1.0
+                    ymin = 0.0 if (yb0 < 0.0 < yb1) else min(abs(yb0), abs(yb1))
+                    if ymin >= r:
+                        continue
+                    inner2 = r * r - max(yb0 * yb0, yb1 * yb1)
+                    w_out = math.sqrt(r * r - ymin * ymin)
+                    ilo = max(math.floor(x - w_out - 0.5) + 1, 0)
+                    ihi = min(math.ceil(x + w_out + 0.5) - 1, width - 1)
+                    # Pixels wholly inside the circle in this row: [flo, fhi], weight 1.
+                    flo, fhi = ihi + 1, ihi
+                    if inner2 > 0.0:
+                        w_in = math.sqrt(inner2)
+                        flo = max(math.ceil(x - w_in + 0.5), ilo)
+                        fhi = min(math.floor(x + w_in - 0.5), ihi)
+                        if fhi < flo:
+                            flo, fhi = ihi + 1, ihi
+                    for i in range(flo, fhi + 1):  # branch-free so that it vectorises
+                        f += image[k, j, i]
+                        v += variance[k, j, i]
+                        nb += bad[k, j, i]
+                    # Boundary pixels left and right of the run: the area is a difference
+                    # of the strip primitive at the pixel's x edges (right edge reused).
+                    for lo, hi in ((ilo, flo - 1), (fhi + 1, ihi)):
+                        if hi < lo:
+                            continue
+                        left = _strip_area(lo - 0.5 - x, yb0, yb1, r)
+                        for i in range(lo, hi + 1):
+                            right = _strip_area(i + 0.5 - x, yb0, yb1, r)
+                            a = right - left
+                            left = right
+                            if a > 0.0:
+                                f += a * image[k, j, i]
+                                v += a * a * variance[k, j, i]
+                                if a > _MIN_AREA:
+                                    nb += bad[k, j, i]
+                flux[s, q] = f
+                var[s, q] = v
+                nbad[s, q] = nb
+
+
+def _aperture_sums(image, variance, bad, index, x, y, radii, engine):
+    """Dispatch to the numba kernel or the numpy path; stacks are (m, h, w)."""
+    if engine not in ("auto", "numba", "numpy"):
+        raise ValueError(f"engine must be 'auto', 'numba' or 'numpy', got {engine!r}")
+    if engine == "numba" and numba is None:
+        raise ValueError("engine='numba' requested but numba is not installed")
+    image = np.ascontiguousarray(image, dtype=float)
+    variance = np.ascontiguousarray(variance, dtype=float)
+    if bad is None:
+        bad = np.zeros(image.shape, dtype=np.uint8)
+    bad = np.ascontiguousarray(bad, dtype=np.uint8)
+    index = np.ascontiguousarray(index, dtype=np.int64)
+    x = np.ascontiguousarray(x, dtype=float)
+    y = np.ascontiguousarray(y, dtype=float)
+    radii = np.asarray(radii, dtype=float)
+    if engine == "numpy" or numba is None:
+        return _aperture_numpy(image, variance, bad, index, x, y, radii)
+    flux = np.zeros((x.size, radii.size))
+    var = np.zeros((x.size, radii.size))
+    nbad = np.zeros((x.size, radii.size), dtype=np.int64)
+    _aperture_kernel(image, variance, bad, index, x, y, radii, flux, var, nbad)
+    return flux, var, nbad
+
+
+# ------------------------------------------------------------------------------- public API
+
+
+@dataclass(frozen=True)
+class ApertureFlux:
+    """Aperture photometry for one radius; attributes have shape ``(n,)``.
+
+    Attributes
+    ----------
+    radius : float
+        Aperture radius, pixels.
+    flux, flux_err : numpy.ndarray
+        ``sum(a I)`` and ``sqrt(sum(a^2 V))``, image units.
+    flag_truncated : numpy.ndarray
+        The circle leaves the image (``_flag_apertureTruncated``).
+    flag_masked : numpy.ndarray
+        The circle overlaps a pixel with a bad mask bit.
+    """
+
+    radius: float
+    flux: np.ndarray
+    flux_err: np.ndarray
+    flag_truncated: np.ndarray
+    flag_masked: np.ndarray
+
+    @property
+    def flag(self) -> np.ndarray:
+        """General flag: truncated or masked."""
+        return self.flag_truncated | self.flag_masked
+
+
+def _leaves(x, y, r, height, width):
+    return (x - r < -0.5) | (x + r > width - 0.5) | (y - r < -0.5) | (y + r > height - 0.5)
+
+
+def aperture_flux_stamps(stamps, variance, bad, x, y, radii=APERTURE_RADII, *,
+                         off_image=None, engine: str = "auto") -> list[ApertureFlux]:
+    """Exact circular-aperture fluxes on a stack of stamps.
+
+    Parameters
+    ----------
+    stamps, variance : numpy.ndarray
+        ``(n, h, w)`` image and variance stamps.
+    bad : numpy.ndarray or None
+        ``(n, h, w)`` boolean, True where a pixel must not be used (sets ``flag_masked``).
+    x, y : array_like
+        ``(n,)`` aperture centres in stamp pixel coordinates.
+    radii : sequence of float
+        Aperture radii, pixels.
+    off_image : numpy.ndarray, optional
+        ``(n, h, w)`` boolean, True for stamp pixels that lie off the image
+        (sets ``flag_truncated``, as does a circle leaving the stamp).
+    engine : {"auto", "numba", "numpy"}
+        Summation loop (numba when installed for ``auto``).
+
+    Returns
+    -------
+    list of ApertureFlux
+        One entry per radius.
+    """
+    stamps = np.asarray(stamps, dtype=float)
+    n, h, w = stamps.shape
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    index = np.arange(n)
+    flux, var, nbad = _aperture_sums(stamps, variance, bad, index, x, y, radii, engine)
+    noff = np.zeros_like(nbad)
+    if off_image is not None and np.any(off_image):
+        _, _, noff = _aperture_sums(np.zeros_like(stamps), np.zeros_like(stamps), off_image,
+                                    index, x, y, radii, engine)
+    return [ApertureFlux(float(r), flux[:, q], np.sqrt(var[:, q]),
+                         (noff[:, q] > 0) | _leaves(x, y, r, h, w), nbad[:, q] > 0)
+            for q, r in enumerate(radii)]
+
+
+def aperture_flux(image, variance, bad, x, y, radii=APERTURE_RADII, *,
+                  engine: str = "auto") -> list[ApertureFlux]:
+    """Exact circular-aperture fluxes on a whole image.
+
+    Parameters
+    ----------
+    image, variance : numpy.ndarray
+        2-D image and variance, indexed ``[y, x]``.
+    bad : numpy.ndarray or None
+        2-D boolean, True for pixels with a bad mask bit (sets ``flag_masked``).
+    x, y : array_like
+        ``(n,)`` aperture centres, array pixel coordinates.
+    radii : sequence of float
+        Aperture radii, pixels.
+    engine : {"auto", "numba", "numpy"}
+        Summation loop (numba when installed for ``auto``).
+
+    Returns
+    -------
+    list of ApertureFlux
+        One entry per radius.
+
+    Examples
+    --------
+    >>> img = np.ones((50, 50))
+    >>> res = aperture_flux(img, img, None, [25.0], [25.0], radii=[10.0])
+    >>> round(float(res[0].flux[0] / np.pi), 6)
+    100.0
+    """
+    image = np.asarray(image)
+    height, width = image.shape
+    x = np.atleast_1d(np.asarray(x, dtype=float))
+    y = np.atleast_1d(np.asarray(y, dtype=float))
+    bad3 = None if bad is None else np.asarray(bad)[None]
+    flux, var, nbad = _aperture_sums(image[None], np.asarray(variance)[None], bad3,
+                                     np.zeros(x.size, dtype=np.int64), x, y, radii, engine)
+    return [ApertureFlux(float(r), flux[:, q], np.sqrt(var[:, q]),
+                         _leaves(x, y, r, height, width), nbad[:, q] > 0)
+            for q, r in enumerate(radii)]
