@@ -107,7 +107,7 @@ def looks_like_adql(sql: str) -> bool:
         if name in _ADQL_ONLY_FUNCTIONS or name.startswith(("scisql_", "ivo_")):
             return True
     try:
-        trees = sqlglot.parse(sql, read=_ADQL)
+        trees = sqlglot.parse(_split_explain(sql)[1], read=_ADQL)
     except SqlglotError:
         return False
     return any(
@@ -180,6 +180,7 @@ def translate(sql: str, table_map: Mapping[str, str] | None = None) -> str:
     UnsupportedConstructError
         A construct drp does not translate, named in the message.
     """
+    prefix, sql = _split_explain(sql)
     try:
         trees = [t for t in sqlglot.parse(sql, read=_ADQL) if t is not None]
     except ParseError as error:
@@ -189,15 +190,31 @@ def translate(sql: str, table_map: Mapping[str, str] | None = None) -> str:
     if len(trees) != 1:
         raise InvalidQueryError(f"ADQL takes exactly one SELECT statement, got {len(trees)}")
     tree = trees[0]
-    if not isinstance(tree, exp.Query):
+    query = tree.this if isinstance(tree, exp.Describe) else tree
+    if not isinstance(query, exp.Query):
         raise UnsupportedConstructError(
             f"{tree.key.upper()} statement (ADQL queries are read-only SELECTs)"
         )
     translated = _Translator(table_map or {}).run(tree)
     try:
-        return translated.sql(dialect="duckdb", unsupported_level=ErrorLevel.RAISE)
+        return prefix + translated.sql(dialect="duckdb", unsupported_level=ErrorLevel.RAISE)
     except UnsupportedError as error:
         raise UnsupportedConstructError(str(error).splitlines()[0]) from None
+
+
+def _split_explain(sql: str) -> tuple[str, str]:
+    """Split a leading ``EXPLAIN [ANALYZE]`` (which sqlglot cannot parse around ADQL) off the query."""
+    prefix = ""
+    for word in ("EXPLAIN", "ANALYZE"):
+        try:
+            tokens = sqlglot.tokenize(sql, read=_ADQL)
+        except SqlglotError:
+            break
+        if not tokens or tokens[0].text.upper() != word:
+            break
+        prefix += word + " "
+        sql = sql[tokens[0].end + 1 :]
+    return prefix, sql
 
 
 def _parse_reason(error: ParseError) -> str:

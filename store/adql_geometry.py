@@ -280,7 +280,12 @@ def _point_in_circle(point: Point, circle: Circle) -> exp.Expression:
     p, c = point, circle.center
     if p.const() is not None and c.const() is None:
         p, c = c, p
-    return expand("drp_pt_in_circle", p.ra, p.dec, c.ra, c.dec, circle.radius)
+    if const_value(circle.radius) is None:  # checked per row (negative radius raises)
+        return expand("drp_pt_in_circle", p.ra, p.dec, c.ra, c.dec, circle.radius)
+    return _and(
+        expand("drp_cap_bounds", p.ra, p.dec, c.ra, c.dec, circle.radius),
+        expand("drp_hav_in_circle", p.ra, p.dec, c.ra, c.dec, circle.radius),
+    )
 
 
 def _point_in_polygon(point: Point, polygon: Polygon) -> exp.Expression:

@@ -745,3 +745,15 @@ def test_column_names_equal_to_macro_parameters():
     rows = con.sql(sql).fetchall()
     assert [(a, b) for a, b, _ in rows] == [(1, 1), (0, 0)]
     np.testing.assert_allclose([s for *_, s in rows], _sep_deg(20.0, 10.0, 20.0, np.array([10.3, 11.0])))
+
+
+@pytest.mark.parametrize("prefix", ["EXPLAIN ", "explain analyze ", "DESCRIBE "])
+def test_explain_and_describe_wrap_adql(data, prefix):
+    adql = (
+        prefix + "SELECT TOP 3 visit FROM dp1.Visit WHERE CONTAINS(POINT('ICRS', ra, dec), "
+        "CIRCLE('ICRS', 62, -37, 2)) = 1"
+    )
+    assert looks_like_adql(adql)
+    sql = prepare_sql(adql)
+    assert sql.upper().startswith(prefix.strip().upper()) and "TOP" not in sql
+    assert data["con"].sql(sql).fetchall()
