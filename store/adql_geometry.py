@@ -38,6 +38,7 @@ __all__ = [
     "area_sql",
     "const_value",
     "contains_sql",
+    "distance_bound_sql",
     "distance_sql",
     "intersects_sql",
     "parse_shape",
