@@ -13,7 +13,6 @@ import datetime as _dt
 import platform
 import time
 import traceback
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,9 @@ class Quantum:
     Attributes
     ----------
     task : str
-        Task name (key of the pipeline's task registry).
+        Task name.
+    task_class : type
+        The task class (pickled by reference, so workers import it).
     config : object
         The task's config dataclass.
     data_id : dict
@@ -55,6 +56,7 @@ class Quantum:
     """
 
     task: str
+    task_class: type
     config: Any
     data_id: dict[str, Any]
     inputs: dict[str, list[InputRef]]
@@ -148,7 +150,7 @@ class QuantumContext:
         return record
 
 
-def execute_quantum(quantum: Quantum, task_classes: Mapping[str, type]) -> QuantumOutcome:
+def execute_quantum(quantum: Quantum) -> QuantumOutcome:
     """Run one quantum and report; never raises for a task's own failure."""
     from store.errors import NoWorkFound
 
@@ -156,7 +158,7 @@ def execute_quantum(quantum: Quantum, task_classes: Mapping[str, type]) -> Quant
     t0 = time.perf_counter()
     outcome = QuantumOutcome(quantum.key, quantum.task, quantum.data_id, "succeeded",
                              start=start, host=platform.node())
-    task_class = task_classes[quantum.task]
+    task_class = quantum.task_class
     context = QuantumContext(quantum, task_class)
     try:
         task = task_class(quantum.config)

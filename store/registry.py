@@ -605,10 +605,20 @@ class Registry:
             con.unregister("_keys")
         return [r[0] for r in rows]
 
-    def insert_datasets(self, rows: pa.Table, table_rows: dict[str, pa.Table] | None = None,
-                        column_units: dict[str, dict[str, str]] | None = None) -> None:
-        """Commit dataset rows (and their SQL-table copies) in one transaction."""
+    def insert_datasets(self, rows: pa.Table | None, table_rows: dict[str, pa.Table] | None = None,
+                        column_units: dict[str, dict[str, str]] | None = None,
+                        quanta: list[dict] | None = None) -> None:
+        """Commit dataset rows, their SQL-table copies and provenance in one transaction."""
         with self._write() as con:
+            if quanta:
+                con.executemany(
+                    "INSERT INTO quantum VALUES (?, ?, ?, ?, ?, ?::UUID[], ?::UUID[], ?, ?, ?, ?, ?, "
+                    "?, ?)", [[q["id"], q["run"], q["task"], q["config_hash"], q["data_id"],
+                               q["inputs"], q["outputs"], q["status"], q["start"], q["end"],
+                               q["host"], q["versions"], q["error"], q["traceback"]]
+                              for q in quanta])
+            if rows is None or rows.num_rows == 0:
+                return
             con.register("_new_datasets", rows)
             try:
                 con.execute(f"INSERT INTO dataset ({', '.join(_DATASET_COLUMNS)}) "

@@ -429,7 +429,8 @@ class Repo:
         return refs
 
     def register_files(self, files: Sequence[Mapping[str, Any]], *, run: str,
-                       read_tables: bool = True) -> list[DatasetRef]:
+                       read_tables: bool = True,
+                       quanta: Sequence[Mapping[str, Any]] | None = None) -> list[DatasetRef]:
         """Register files that a worker already wrote in place (the pipeline's path).
 
         Parameters
@@ -441,12 +442,17 @@ class Repo:
             Existing RUN collection the files belong to.
         read_tables : bool
             Read table datasets to fill their SQL tables.
+        quanta : sequence of mapping, optional
+            Provenance rows (``quantum`` table columns) committed in the same
+            transaction; their ``outputs`` may name file ``id`` values.
 
         Returns
         -------
         list of DatasetRef
         """
         if not files:
+            if quanta:
+                self.registry.insert_datasets(None, quanta=list(quanta))
             return []
         types, ids, expanded = self._prepare(
             [(f["dataset_type"], dict(f["data_id"])) for f in files], run)
@@ -478,7 +484,7 @@ class Repo:
         self.registry.insert_datasets(
             self._dataset_rows(rows, expanded),
             {k: pa.concat_tables(v, promote_options="permissive") for k, v in table_rows.items()},
-            units)
+            units, quanta=list(quanta or []))
         return refs
 
     def remove_run(self, run: str) -> int:
