@@ -1,3 +1,88 @@
-"""``drp`` commands beyond the store verbs (simulation, processing, release)."""
+"""``drp`` commands beyond the store verbs: simulation, pipeline runs, status."""
 
 from __future__ import annotations
+
+import sys
+
+import click
+
+from . import handle_errors, main
+from .output import print_table
+
+
+@main.command()
+@click.argument("repo", type=click.Path())
+@click.option("--preset", default="demo", show_default=True,
+              help="Survey preset: demo (2x2 detectors, 12 visits) or comcam (3x3 x 4k).")
+@click.option("--visits", type=int, default=None, help="Number of visits (preset default).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--jobs", type=int, default=None, help="Rendering processes (default: cores).")
+@handle_errors
+def simulate(repo, preset, visits, seed, jobs) -> None:
+    """Simulate a survey into REPO (created if needed): post_isr_image, reference_catalog, truth."""
+    from pathlib import Path
+
+    from sample_data import simulate_survey
+    from store import Repo
+
+    r = Repo(repo) if (Path(repo) / "registry.duckdb").exists() else Repo.create(repo)
+    with r:
+        result = simulate_survey(r, preset=preset, seed=seed, n_visits=visits, n_workers=jobs)
+    click.echo(str(result))
+
+
+@main.command("run")
+@click.argument("repo", type=click.Path())
+@click.option("--pipeline", "-p", default="drp", show_default=True,
+              help="Pipeline name or a .py file defining PIPELINE.")
+@click.option("--input", "-i", "inputs", multiple=True, required=True,
+              help="Input collection(s), searched in order.")
+@click.option("--output", "-o", required=True,
+              help="CHAINED collection: the new run in front of the inputs.")
+@click.option("--where", "-w", default=None, help="SQL restriction of the data IDs.")
+@click.option("--tasks", "-t", default=None, help="Comma-separated subset of the tasks.")
+@click.option("--jobs", "-j", type=int, default=None, help="Worker processes (default: cores).")
+@click.option("--dask", default=None, envvar="DASK_SCHEDULER_ADDRESS",
+              help="Dask scheduler address (tcp://host:8786).")
+@click.option("--resume", is_flag=True, help="Continue the output's latest run.")
+@handle_errors
+def run_cmd(repo, pipeline, inputs, output, where, tasks, jobs, dask, resume) -> None:
+    """Run a pipeline on REPO: outputs go to a new RUN chained in front of the inputs."""
+    from processing.pipeline import run_pipeline
+    from processing.pipelines import get_pipeline
+    from store import Repo
+
+    with Repo(repo) as r:
+        summary = run_pipeline(r, get_pipeline(pipeline), inputs=list(inputs), output=output,
+                               where=where, tasks=tasks.split(",") if tasks else None,
+                               jobs=jobs, dask=dask, resume=resume)
+    click.echo(summary.format())
+    if summary.total("succeeded") == 0 and summary.total("skipped") == 0 and summary.ok:
+        click.echo("nothing to do: no data ID matched" + (f" --where {where!r}" if where else ""))
+    if not summary.ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("repo", type=click.Path())
+@click.argument("run")
+@click.option("--failures", is_flag=True, help="List failed quanta with their errors.")
+@handle_errors
+def status(repo, run, failures) -> None:
+    """Summarise the quanta of RUN: counts per task and status, timings."""
+    from store import Repo
+
+    with Repo(repo) as r:
+        table = r.sql(
+            "SELECT task, status, count(*) AS n, "
+            "round(avg(epoch(end_time) - epoch(start_time)), 3) AS mean_s, "
+            "min(start_time) AS first_start, max(end_time) AS last_end "
+            "FROM quantum WHERE run = $run GROUP BY task, status ORDER BY min(start_time), task",
+            {"run": run})
+        if table.num_rows == 0:
+            click.echo(f"no quanta recorded for run {run!r}")
+            return
+        print_table(table)
+        if failures:
+            print_table(r.sql("SELECT task, data_id, error FROM quantum WHERE run = $run AND "
+                              "status = 'failed' ORDER BY task, data_id", {"run": run}))
