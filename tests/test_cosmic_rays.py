@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from processing.algorithms.cosmic_rays import CosmicRayConfig, find_cosmic_rays, psf_neighbour_ratios
+from processing.algorithms.cosmic_rays import (
+    CosmicRayConfig,
+    find_cosmic_rays,
+    psf_neighbour_ratios,
+    repair_cosmic_rays,
+)
 from store.masks import bits
 from tests._star_scenes import add_gaussian_stars
 
@@ -93,6 +98,23 @@ def test_single_pixel_hit_grow_and_masks():
     np.testing.assert_array_equal(cr, expected)
     bare = find_cosmic_rays(image, var, mask, 2.0, CosmicRayConfig(grow=0))
     assert bare.sum() == 1 and bare[20, 15]
+
+
+def test_repair_sets_bits_and_interpolates():
+    rng = np.random.default_rng(12)
+    image, var, x, y = _star_field(rng, n=25, size=256)
+    clean = image.copy()
+    hits = _inject(rng, image, var, 10, x, y)
+    mask = np.zeros(image.shape, np.int32)
+    mask[5, 5] = bits("BAD")
+    n = repair_cosmic_rays(image, var, mask, 5 * FWHM_TO_SIGMA)
+    cr = (mask & bits("CR")) != 0
+    assert n == cr.sum() > 0
+    assert ((mask & bits("INTRP")) != 0)[cr].all() and mask[5, 5] == bits("BAD")
+    for pix in hits:  # back to sky level within a few sigma
+        for p in pix:
+            assert abs(image[p] - clean[p]) < 5 * NOISE
+    np.testing.assert_array_equal(image[~cr], clean[~cr])  # nothing else touched
 
 
 def test_pure_noise_and_saturated_cores_are_left_alone():

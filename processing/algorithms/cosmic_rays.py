@@ -29,8 +29,9 @@ Pixels next to found cosmic rays are re-tested ``n_iter`` times after the cosmic
 rays are replaced by the mean of their good neighbours (a hit's fainter pixels
 are hidden by its brightest one at first), and the final mask is grown by
 ``grow`` pixels (8-connected).  Pixels with ``bad_mask_planes`` bits are never
-flagged and are not used as neighbours.  Interpolation over the result is a
-separate step (``interpolate.interpolate_masked`` with the CR plane).
+flagged and are not used as neighbours.  :func:`repair_cosmic_rays` does
+what Rubin's ``RepairTask`` does: find, set CR, and interpolate over them with
+``interpolate.interpolate_masked`` (which sets INTRP).
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ from scipy.special import ndtr
 
 from store.masks import bits
 
-__all__ = ["CosmicRayConfig", "find_cosmic_rays", "psf_neighbour_ratios"]
+from .interpolate import interpolate_masked
+
+__all__ = ["CosmicRayConfig", "find_cosmic_rays", "psf_neighbour_ratios", "repair_cosmic_rays"]
 
 # (dy, dx) of one neighbour of each pair; the other is (-dy, -dx).
 _DIRECTIONS = [(0, 1), (1, 0), (1, 1), (1, -1)]
@@ -187,6 +190,34 @@ def find_cosmic_rays(image: np.ndarray, variance: np.ndarray, mask: np.ndarray |
     for _ in range(config.grow):
         flat_cr[_neighbours(np.flatnonzero(cr), cr.shape)] = True
     return cr
+
+
+def repair_cosmic_rays(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, psf_sigma: float,
+                       config: CosmicRayConfig | None = None) -> int:
+    """Find cosmic rays, set their CR bit and interpolate over them, in place.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(ny, nx)`` float background-subtracted image, modified in place.
+    variance : numpy.ndarray
+        ``(ny, nx)`` variance (not modified).
+    mask : numpy.ndarray
+        ``(ny, nx)`` int32 mask, modified in place (CR and INTRP set).
+    psf_sigma : float
+        PSF Gaussian sigma, pixels.
+    config : CosmicRayConfig, optional
+
+    Returns
+    -------
+    int
+        Number of pixels flagged CR (and interpolated).
+    """
+    cr = find_cosmic_rays(image, variance, mask, psf_sigma, config)
+    if not cr.any():
+        return 0
+    np.bitwise_or(mask, np.int32(bits("CR")), out=mask, where=cr)
+    return interpolate_masked(image, mask, bits("CR"), include_nan=False)
 
 
 def _too_sharp(work, var, sigma, good, idx, ratios, config) -> np.ndarray:
