@@ -95,8 +95,9 @@ def pixel_circle_overlap(px, py, xc, yc, r):
     dy = np.asarray(py, dtype=float) - np.asarray(yc, dtype=float)
     r = np.asarray(r, dtype=float)
     x0, x1, y0, y1 = dx - 0.5, dx + 0.5, dy - 0.5, dy + 0.5
-    return (_signed_area_np(x1, y1, r) - _signed_area_np(x0, y1, r)
+    area = (_signed_area_np(x1, y1, r) - _signed_area_np(x0, y1, r)
             - _signed_area_np(x1, y0, r) + _signed_area_np(x0, y0, r))
+    return np.clip(area, 0.0, 1.0)  # rounding (~1e-12 at r = 70) must not leave [0, 1]
 
 
 def _aperture_numpy(image, variance, bad, index, xc, yc, radii, chunk_pixels=4_000_000):

@@ -24,7 +24,8 @@ Flags follow meas_base: ``edge`` (smoothing window leaves the image),
 ``no_second_derivative`` (flat), ``not_at_maximum`` (peak not a smoothed maximum
 or curvature not negative-definite), ``almost_no_second_derivative`` (offset
 > 10 pixels), ``reset_to_peak`` (result moved farther than ``max_dist_to_peak``
-or the fit failed; the position is then the peak pixel), ``bad_error``.
+or the fit failed; the position is then the peak pixel and the errors NaN),
+``bad_error``.
 """
 
 from __future__ import annotations
@@ -224,6 +225,8 @@ def sdss_centroid_stamps(
     bad_err = ~np.isfinite(dx_err + dy_err) | (dx_err <= 0) | (dy_err <= 0)
     dx = np.where(reset, 0.0, dx)
     dy = np.where(reset, 0.0, dy)
+    dx_err = np.where(reset, np.nan, dx_err)
+    dy_err = np.where(reset, np.nan, dy_err)
     flags = {
         "no_second_derivative": no_d2,
         "almost_no_second_derivative": almost,

@@ -12,8 +12,8 @@ cosmic rays smaller).  The mode is the half-sample mode; the locus half-width is
 ``locus_min_width`` times the mode (the PSF size varies over a detector).
 
 Modelling (:func:`determine_psf`): stamps of ``kernel_size`` pixels are cut
-around each star, shifted by the sub-pixel centroid offset (Lanczos-5, the
-kernel :meth:`store.psf.Psf.image` uses to go the other way) so every star sits
+around each star, shifted by the sub-pixel centroid offset (quintic B-spline,
+the interpolant :meth:`store.psf.Psf.image` uses to go the other way) so every star sits
 on its central pixel, and divided by the star's flux.  Masked pixels, and their
 8 neighbours (the shift spreads them), get zero weight.  Each kernel pixel is
 then an independent weighted linear least-squares fit of a polynomial in the

@@ -6,7 +6,7 @@ PSF at thousands of positions, so this module evaluates
 * :func:`kernel_images` -- ``psf.kernel_image(x, y)`` for every position, as one
   ``(n, k, k)`` array (vectorised for :class:`~store.psf.PixelBasisPsf` and
   :class:`~store.psf.GaussianPsf`; other models fall back to one call each);
-* :func:`shift_stamps` -- the separable Lanczos sub-pixel shift of
+* :func:`shift_stamps` -- the quintic B-spline sub-pixel shift of
   :func:`store.resample.shift_image` applied to a stack of stamps;
 * :func:`model_stamps` -- ``psf.image(x, y)`` for every position (kernel shifted
   to the sub-pixel position plus the integer origin of each stamp).
@@ -18,13 +18,13 @@ used by measurement is exactly the model the exposure carries.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from store.psf import GaussianPsf, PixelBasisPsf, Psf, polynomial_terms
-from store.resample import lanczos
 
 __all__ = ["kernel_images", "model_stamps", "nearest_pixel", "shift_stamps"]
 
-#: Lanczos order used by :meth:`store.psf.Psf.image` (``shift_image`` default).
+#: B-spline order of :func:`store.resample.shift_image`, used by :meth:`store.psf.Psf.image`.
 SHIFT_ORDER = 5
 
 
@@ -76,12 +76,24 @@ def kernel_images(psf: Psf, x, y) -> np.ndarray:
     return np.stack([psf.kernel_image(float(a), float(b)) for a, b in zip(x, y, strict=True)])
 
 
-def shift_stamps(stamps: np.ndarray, dx, dy, order: int = SHIFT_ORDER) -> np.ndarray:
+def _bspline5(t: np.ndarray) -> np.ndarray:
+    """Centred quintic B-spline basis function."""
+    t = np.abs(t)
+    out = np.where(t < 3, (3 - t) ** 5, 0.0)
+    out -= np.where(t < 2, 6 * (2 - t) ** 5, 0.0)
+    out += np.where(t < 1, 15 * (1 - t) ** 5, 0.0)
+    return out / 120.0
+
+
+def shift_stamps(stamps: np.ndarray, dx, dy) -> np.ndarray:
     """Shift each stamp of a stack by its own sub-pixel offset.
 
-    Same operation as :func:`store.resample.shift_image` (content moves by
-    ``(+dx, +dy)``, separable Lanczos with taps normalised to sum 1, zero
-    padding), vectorised over the stack.
+    Batched :func:`store.resample.shift_image` (content moves by ``(+dx, +dy)``,
+    quintic B-spline interpolation as ``scipy.ndimage.shift(order=5,
+    mode="constant")``): the spline coefficients of all stamps are computed at
+    once (mirror boundary), evaluated separably with per-stamp tap weights, and
+    output pixels whose source position lies outside the stamp are zero.  Equal
+    to the single-stamp function to ~1e-13.
 
     Parameters
     ----------
@@ -89,8 +101,6 @@ def shift_stamps(stamps: np.ndarray, dx, dy, order: int = SHIFT_ORDER) -> np.nda
         ``(n, ny, nx)`` images.
     dx, dy : array_like
         ``(n,)`` shifts in pixels, ``|dx|, |dy| <= 1`` expected.
-    order : int
-        Lanczos order.
 
     Returns
     -------
@@ -101,21 +111,24 @@ def shift_stamps(stamps: np.ndarray, dx, dy, order: int = SHIFT_ORDER) -> np.nda
     n, ny, nx = stamps.shape
     dx = np.broadcast_to(np.asarray(dx, dtype=float), (n,))
     dy = np.broadcast_to(np.asarray(dy, dtype=float), (n,))
-    taps = np.arange(-order, order + 1)
-    wx = lanczos(taps[None, :] - dx[:, None], order)
-    wy = lanczos(taps[None, :] - dy[:, None], order)
-    wx /= wx.sum(axis=1, keepdims=True)
-    wy /= wy.sum(axis=1, keepdims=True)
-    # A zero shift must return the input exactly, as shift_image does.
-    still = (dx == 0.0) & (dy == 0.0)
-    pad = order
-    padded = np.pad(stamps, ((0, 0), (pad, pad), (pad, pad)))
+    coeff = ndimage.spline_filter1d(stamps, SHIFT_ORDER, axis=1, mode="mirror")
+    coeff = ndimage.spline_filter1d(coeff, SHIFT_ORDER, axis=2, mode="mirror")
+    pad = (SHIFT_ORDER + 1) // 2
+    coeff = np.pad(coeff, ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
+    taps = np.arange(-pad, pad + 1)
+    wx = _bspline5(taps[None, :] - dx[:, None])
+    wy = _bspline5(taps[None, :] - dy[:, None])
+    # out(i) = sum_m c(m) B(i - dx - m): tap t = i - m carries weight B(t - dx).
     tmp = np.zeros((n, ny + 2 * pad, nx))
-    for t, k in enumerate(taps):
-        tmp += wx[:, t, None, None] * padded[:, :, pad - k : pad - k + nx]
+    for k, t in enumerate(taps):
+        tmp += wx[:, k, None, None] * coeff[:, :, pad - t : pad - t + nx]
     out = np.zeros((n, ny, nx))
-    for t, k in enumerate(taps):
-        out += wy[:, t, None, None] * tmp[:, pad - k : pad - k + ny, :]
+    for k, t in enumerate(taps):
+        out += wy[:, k, None, None] * tmp[:, pad - t : pad - t + ny, :]
+    sx = np.arange(nx)[None, :] - dx[:, None]
+    sy = np.arange(ny)[None, :] - dy[:, None]
+    out *= ((sy >= 0) & (sy <= ny - 1))[:, :, None] & ((sx >= 0) & (sx <= nx - 1))[:, None, :]
+    still = (dx == 0.0) & (dy == 0.0)  # shift_image returns the input unchanged
     if still.any():
         out[still] = stamps[still]
     return out
