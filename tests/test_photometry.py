@@ -63,7 +63,7 @@ def test_psf_flux_unbiased_on_noiseless_stars(profile):
 
 def test_psf_flux_error_matches_scatter_of_500_realisations():
     rng = np.random.default_rng(9)
-    psf, inside = _moffat_psf()
+    psf, _ = _moffat_psf()
     n, flux, sky = 500, 5000.0, 80.0
     models, _, _ = model_stamps(psf, np.full(n, 100.3), np.full(n, 200.8))
     truth = flux * models[0]
