@@ -539,7 +539,12 @@ def _pass_two(scene, psf, idx, models, family, is_child, is_parent, sigma, half,
         cols[f"pixelFlags_{name}"][idx] = (hit & foot).any(axis=(1, 2))
         if name in _CENTER_FLAGS:
             cols[f"pixelFlags_{name}Center"][idx] = (hit & centre).any(axis=(1, 2))
-    cols["pixelFlags_edge"][idx] |= (~on & foot).any(axis=(1, 2))
+    # A footprint cut by the image boundary is an edge source even without EDGE bits.
+    rows = iyc[:, None] + np.arange(-half, half + 1)
+    cols_ = ixc[:, None] + np.arange(-half, half + 1)
+    border = (((rows == 0) | (rows == scene.shape[0] - 1))[:, :, None]
+              | ((cols_ == 0) | (cols_ == scene.shape[1] - 1))[:, None, :])
+    cols["pixelFlags_edge"][idx] |= ((~on | border) & foot).any(axis=(1, 2))
 
     # Local background (annulus in PSF sigmas) and the background variance.
     bg_bad = bits(config.background_bad_planes)
