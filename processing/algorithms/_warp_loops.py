@@ -166,12 +166,26 @@ def _warp_rows_loop(img, var, msk, win, vx, row_idx, row_w, x_off, y_off, lut, l
             wy = lut[ly]
             base = np.uintp((iv - order + 1) * nx_s + (iu - order + 1))
             acc = 0.0
-            for b in range(ntap):
-                rb = base + np.uintp(b) * row_step
-                racc = 0.0
-                for a in range(ntap):
-                    racc += wx[a] * flat[rb + a]
-                acc += wy[b] * racc
+            accv = 0.0
+            if var is not None:
+                wx2 = lut2[lx]
+                wy2 = lut2[ly]
+                for b in range(ntap):
+                    rb = base + np.uintp(b) * row_step
+                    racc = 0.0
+                    raccv = 0.0
+                    for a in range(ntap):
+                        racc += wx[a] * flat[rb + a]
+                        raccv += wx2[a] * flat_v[rb + a]
+                    acc += wy[b] * racc
+                    accv += wy2[b] * raccv
+            else:
+                for b in range(ntap):
+                    rb = base + np.uintp(b) * row_step
+                    racc = 0.0
+                    for a in range(ntap):
+                        racc += wx[a] * flat[rb + a]
+                    acc += wy[b] * racc
             if acc != acc:
                 out_img[j, i] = np.nan
                 if var is not None:
@@ -181,15 +195,6 @@ def _warp_rows_loop(img, var, msk, win, vx, row_idx, row_w, x_off, y_off, lut, l
                 continue
             out_img[j, i] = rel * acc
             if var is not None:
-                wx2 = lut2[lx]
-                wy2 = lut2[ly]
-                accv = 0.0
-                for b in range(ntap):
-                    rb = base + np.uintp(b) * row_step
-                    raccv = 0.0
-                    for a in range(ntap):
-                        raccv += wx2[a] * flat_v[rb + a]
-                    accv += wy2[b] * raccv
                 out_var[j, i] = rel * rel * accv
             out_good[j, i] = True
             m = 0
