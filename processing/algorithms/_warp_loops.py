@@ -97,7 +97,7 @@ def warp_chunk_numpy(img, var, msk, xs, ys, area, order, full_bits, nodata):
     return out_img, out_var, out_msk, good_full
 
 
-try:  # numba is optional: the numpy path gives the same numbers, ~13x slower
+try:  # numba is optional: the numpy path gives the same numbers, ~9x slower
     import numba as _numba
 except ImportError:  # pragma: no cover - exercised only without numba
     _numba = None

@@ -30,9 +30,14 @@ Implementation choices (not specified by afw):
 * Only the part of the destination box that the source can reach (the
   destination bounding box of the source perimeter, grown by the kernel) is
   computed; the rest is NO_DATA directly.
-* The per-pixel loop runs in numba when it is installed (``engine="auto"``):
-  measured on a 4096 x 4096 float32 image, one core, numba ~1.0 s against
-  ~13 s for the vectorised numpy gather path (``tests/benchmarks/bench_warp_quick.py``).
+* The per-pixel loop runs in numba when it is installed (``engine="auto"``,
+  Lanczos-3 only) and otherwise in vectorised numpy.  Measured with
+  ``tests/benchmarks/bench_warp_quick.py`` (4096 x 4096 float32, 20 deg
+  rotation, one core, CPU seconds on a shared machine): image + variance + mask
+  2.7 s with numba against 24 s with numpy; image alone 1.1-1.4 s.  SWarp 2.41
+  (LANCZOS3, NTHREADS 1) takes 3.0 s for the same image with its FITS I/O,
+  1.0 s of which its NEAREST run also spends; the two outputs agree to 2e-5
+  sigma (median).
 """
 
 from __future__ import annotations
