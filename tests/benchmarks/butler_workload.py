@@ -26,7 +26,9 @@ API choices (kept as close as the butler allows to drp's bulk APIs):
   ``visit_detector_region.region OVERLAPS POINT(ra, dec)`` (bind ra, dec) and
   ``... OVERLAPS circle`` with a bound ``sphgeom.Circle``: the where-string
   ``CIRCLE(ra, dec, r)`` of this version makes a circle of radius 2 r, so it is
-  only reported on the side (``spatial_circle_string_*``).
+  only reported on the side (``spatial_circle_string_*``).  The butler never
+  runs SQLite ``ANALYZE``; the queries are re-timed after one
+  (``*_analyzed``, ``sqlite_analyze_s``) because the planner's choice changes.
 * export/import: ``butler.export(transfer="copy")`` + ``saveDatasets`` with
   default elements (all dimension records of the data IDs), then
   ``Butler.makeRepo`` + ``import_(transfer="copy")``.
@@ -152,6 +154,31 @@ def _insert_dimensions(butler: Butler, wl: Workload) -> dict[str, float]:
             "insert_visits_s": visits_done - built, "insert_visit_detector_regions_s": end - visits_done}
 
 
+def _time_queries(butler: Butler, suffix: str = "") -> dict[str, float | int]:
+    """Median times (ms) and result counts of the where and spatial queries."""
+    out: dict[str, float | int] = {}
+
+    def timed(key: str, where: str, bind: dict[str, Any] | None = None) -> None:
+        ms, refs = _median_ms(lambda: butler.query_datasets(
+            "src", TABLE_RUN, where=where, bind=bind, limit=None, explain=False))
+        out[f"{key}_ms{suffix}"], out[f"{key}_n{suffix}"] = ms, len(refs)
+
+    timed("where_query", WHERE)
+    out[f"where_n{suffix}"] = out.pop(f"where_query_n{suffix}")
+    ra, dec = QUERY_POINT
+    timed("spatial_point", "visit_detector_region.region OVERLAPS POINT(ra, dec)",
+          {"ra": ra, "dec": dec})
+    cra, cdec, rad = QUERY_CIRCLE
+    circle = Circle(UnitVector3d(LonLat.fromDegrees(cra, cdec)), Angle.fromDegrees(rad))
+    timed("spatial_circle", "visit_detector_region.region OVERLAPS circle", {"circle": circle})
+    # The where-string CIRCLE(ra, dec, r) of this butler version builds
+    # sphgeom.Circle(centre, Angle(2 r)), i.e. twice the radius; timed and
+    # counted separately so the discrepancy is visible.
+    timed("spatial_circle_string", "visit_detector_region.region OVERLAPS CIRCLE(ra, dec, r)",
+          {"ra": cra, "dec": cdec, "r": rad})
+    return out
+
+
 def _expected_spatial(wl: Workload, keys: set[tuple[int, int]]) -> tuple[int, int]:
     """Brute-force sphgeom counts of the put datasets hit by the point / circle."""
     point = UnitVector3d(LonLat.fromDegrees(*QUERY_POINT))
@@ -180,7 +207,7 @@ def _set_sqlite_synchronous(mode: str) -> None:
 
 
 def run(n_visits: int, workdir: Path, sqlite_synchronous: str | None = None,
-        skip_txn: bool = False) -> dict[str, Any]:
+        skip_txn: bool = False, skip_analyze: bool = False) -> dict[str, Any]:
     """Run every benchmark step; a failing step gives ``None`` and a note.
 
     Parameters
@@ -194,6 +221,8 @@ def run(n_visits: int, workdir: Path, sqlite_synchronous: str | None = None,
         connections (``None``: butler default, i.e. SQLite's FULL).
     skip_txn : bool
         Skip the extra timing of the 2,000 puts inside one transaction.
+    skip_analyze : bool
+        Skip the extra re-timing of the queries after SQLite ``ANALYZE``.
 
     Returns
     -------
@@ -242,9 +271,15 @@ def run(n_visits: int, workdir: Path, sqlite_synchronous: str | None = None,
             DatasetType("src", ["instrument", "visit", "detector"], "ArrowAstropy",
                         universe=butler.dimensions))
         butler.collections.register(TABLE_RUN)
-        refs = [butler.put(tab, "src", instrument=INSTRUMENT, visit=v, detector=d, run=TABLE_RUN)
-                for tab, (v, d) in zip(payloads, table_ids, strict=True)]
+        refs, each = [], []
+        for tab, (v, d) in zip(payloads, table_ids, strict=True):
+            t0 = time.perf_counter()
+            refs.append(butler.put(tab, "src", instrument=INSTRUMENT, visit=v, detector=d,
+                                   run=TABLE_RUN))
+            each.append(time.perf_counter() - t0)
         out["put_tables_s"] = time.perf_counter() - start
+        # per-put percentiles: less sensitive than the total to bursts of load on a shared machine
+        out["put_median_ms"], out["put_p90_ms"] = (float(x) * 1e3 for x in np.percentile(each, [50, 90]))
         return refs
 
     src_refs = step("put_tables", put_tables) or []
@@ -298,42 +333,16 @@ def run(n_visits: int, workdir: Path, sqlite_synchronous: str | None = None,
     out.setdefault("ingest_fits_s", None)
     print(f"[butler] ingest: {out['ingest_fits_s']}", file=sys.stderr, flush=True)
 
-    # 4. where query
-    def where_query() -> None:
-        ms, refs = _median_ms(lambda: butler.query_datasets(
-            "src", TABLE_RUN, where=WHERE, limit=None, explain=False))
-        out["where_query_ms"], out["where_n"] = ms, len(refs)
+    # 4. where query, 5. spatial queries
+    def queries() -> None:
+        out.update(_time_queries(butler))
         by_visit = {v["visit"]: v for v in wl.visits}
-        expected = sum(1 for v, _ in table_ids
-                       if by_visit[v]["exposure_time"] > 20 and by_visit[v]["band"] == "r")
-        out["where_n_expected"] = expected
-
-    step("where_query", where_query)
-
-    # 5. spatial queries
-    def spatial() -> None:
-        ra, dec = QUERY_POINT
-        ms, refs = _median_ms(lambda: butler.query_datasets(
-            "src", TABLE_RUN, where="visit_detector_region.region OVERLAPS POINT(ra, dec)",
-            bind={"ra": ra, "dec": dec}, limit=None, explain=False))
-        out["spatial_point_ms"], out["spatial_point_n"] = ms, len(refs)
-        cra, cdec, rad = QUERY_CIRCLE
-        circle = Circle(UnitVector3d(LonLat.fromDegrees(cra, cdec)), Angle.fromDegrees(rad))
-        ms, refs = _median_ms(lambda: butler.query_datasets(
-            "src", TABLE_RUN, where="visit_detector_region.region OVERLAPS circle",
-            bind={"circle": circle}, limit=None, explain=False))
-        out["spatial_circle_ms"], out["spatial_circle_n"] = ms, len(refs)
-        # The where-string CIRCLE(ra, dec, r) of this butler version builds
-        # sphgeom.Circle(centre, Angle(2 r)), i.e. twice the radius; timed
-        # and counted separately so the discrepancy is visible.
-        ms, refs = _median_ms(lambda: butler.query_datasets(
-            "src", TABLE_RUN, where="visit_detector_region.region OVERLAPS CIRCLE(ra, dec, r)",
-            bind={"ra": cra, "dec": cdec, "r": rad}, limit=None, explain=False))
-        out["spatial_circle_string_ms"], out["spatial_circle_string_n"] = ms, len(refs)
+        out["where_n_expected"] = sum(
+            1 for v, _ in table_ids if by_visit[v]["exposure_time"] > 20 and by_visit[v]["band"] == "r")
         out["spatial_point_n_expected"], out["spatial_circle_n_expected"] = _expected_spatial(
             wl, set(table_ids))
 
-    step("spatial", spatial)
+    step("queries", queries)
 
     # 6. gets
     def gets() -> None:
@@ -371,6 +380,22 @@ def run(n_visits: int, workdir: Path, sqlite_synchronous: str | None = None,
         target.get(imported[0])
 
     step("export_import", export_import)
+
+    # Extra: the butler never runs ANALYZE, so SQLite plans the spatial join
+    # without statistics (it scans the skypix overlap table).  Re-time the
+    # queries after an ANALYZE, with a new Butler so fresh connections load
+    # the statistics.
+    def analyzed() -> None:
+        import sqlite3
+
+        start = time.perf_counter()
+        with sqlite3.connect(repo / "gen3.sqlite3") as con:
+            con.execute("ANALYZE")
+        out["sqlite_analyze_s"] = time.perf_counter() - start
+        out.update(_time_queries(Butler.from_config(str(repo)), suffix="_analyzed"))
+
+    if not skip_analyze:
+        step("analyzed", analyzed)
     for key in ("where_query_ms", "where_n", "spatial_point_ms", "spatial_point_n", "spatial_circle_ms",
                 "spatial_circle_n", "get_by_ref_ms", "get_by_dataid_ms", "export_import_s", "export_n"):
         out.setdefault(key, None)
@@ -394,10 +419,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="force PRAGMA synchronous on the registry (default: butler's, i.e. FULL)")
     parser.add_argument("--skip-txn-put", action="store_true",
                         help="skip the extra 2,000 puts inside one transaction")
+    parser.add_argument("--skip-analyze", action="store_true",
+                        help="skip re-timing the queries after SQLite ANALYZE")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
-    print(json.dumps(run(args.n_visits, args.workdir, args.sqlite_synchronous, args.skip_txn_put),
-                     indent=1))
+    result = run(args.n_visits, args.workdir, args.sqlite_synchronous, args.skip_txn_put,
+                 args.skip_analyze)
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
