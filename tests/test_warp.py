@@ -239,3 +239,19 @@ def test_bad_settings_are_rejected_with_the_value():
         warp_image(np.zeros((3, 3)), None, None, SRC_BOX, SRC_WCS, DST_WCS, DST_BOX)
     with pytest.raises(ValueError, match="kernel must be an odd square array"):
         warp_psf_kernel(np.ones((4, 4)), np.eye(2))
+
+
+def test_cutouts_warp_like_the_full_image():
+    rng = np.random.default_rng(9)
+    image = rng.normal(0, 1, SRC_BOX.shape).astype(np.float32)
+    full = warp_image(image, None, None, SRC_BOX, SRC_WCS, DST_WCS, DST_BOX)
+    sub = Box(100, 80, 200, 150)
+    rows, cols = sub.slices_in(SRC_BOX)
+    dsub = Box(93, 61, 150, 120)  # transform nodes not aligned with the full warp's
+    part = warp_image(image[rows, cols], None, None, sub, SRC_WCS, DST_WCS, dsub)
+    drows, dcols = dsub.slices_in(DST_BOX)
+    assert part.good.sum() > 1000
+    np.testing.assert_allclose(part.image[part.good], full.image[drows, dcols][part.good],
+                               atol=2e-3)
+    # The cutout loses only pixels whose footprint leaves it.
+    assert (full.good[drows, dcols] | ~part.good).all()
