@@ -219,6 +219,11 @@ def test_config_round_trip(rings):
     back = DiscreteSkyMap.from_config(json.loads(json.dumps(discrete.config)))
     assert back == discrete and back.geometry.pixel_scale == 0.25
     assert back != rings
+    record = rings.dimension_record("lsst_cells_v1")
+    assert record["n_tracts"] == 18938
+    assert sky_map_from_config(record["config"]) == rings
+    tract_record = rings[5].dimension_record()
+    assert tract_record["tract"] == 5 and len(tract_record["region"]) == 4
     with pytest.raises(ValueError, match="unknown sky map type 'hexagons'"):
         sky_map_from_config({"type": "hexagons"})
 

@@ -72,6 +72,11 @@ class SkyMap:
     def __hash__(self) -> int:
         return hash(json.dumps(self.config, sort_keys=True))
 
+    def dimension_record(self, name: str) -> dict[str, Any]:
+        """The registry's ``skymap`` dimension row for this sky map saved as ``name``."""
+        return {"skymap": name, "config": json.dumps(self.config, sort_keys=True),
+                "n_tracts": len(self)}
+
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> SkyMap:
         """Rebuild a sky map from :attr:`config`."""

@@ -260,6 +260,11 @@ class TractInfo:
         """Sky polygon of :attr:`vertices`."""
         return ConvexPolygon.from_array(self.vertices)
 
+    def dimension_record(self) -> dict[str, Any]:
+        """The columns of the registry's ``tract`` dimension row (plus its polygon)."""
+        return {"tract": self.id, "ra": self.ra, "dec": self.dec,
+                "region": self.vertices.tolist()}
+
     def pixel_to_sky(self, x, y) -> tuple[np.ndarray, np.ndarray]:
         """(ra, dec) degrees of tract pixel positions."""
         ra, dec = self.wcs.wcs_pix2world(np.asarray(x, float), np.asarray(y, float), 0)
