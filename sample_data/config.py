@@ -14,6 +14,9 @@ Presets
 ``comcam``
     The LSSTComCam geometry, 3 x 3 detectors of 4072 x 4000 pixels, 18 visits
     in g, r and i, for scale runs.
+``tiny``
+    One 512 x 512 detector, 4 visits in g and r dithered by at most 0.5
+    arcmin (so they overlap): seconds to simulate, for tests.
 """
 
 from __future__ import annotations
@@ -377,8 +380,16 @@ _COMCAM = SurveyConfig(
                               dither_radius=10.0),
 )
 
+_TINY = SurveyConfig(
+    name="tiny",
+    camera=CameraConfig(name="SimTiny", n_x=1, n_y=1, width=512, height=512),
+    observing=ObservingConfig(n_visits=4, dither_radius=0.5),
+    artefacts=ArtefactConfig(satellite_every=4, satellite_offset=2, ghost_visit=None,
+                             transient_visit=3),
+)
+
 #: Named presets; ``simulate_survey(repo, preset="demo")`` looks them up here.
-PRESETS: dict[str, SurveyConfig] = {"demo": _DEMO, "comcam": _COMCAM}
+PRESETS: dict[str, SurveyConfig] = {"demo": _DEMO, "comcam": _COMCAM, "tiny": _TINY}
 
 
 def get_preset(name: str) -> SurveyConfig:
