@@ -265,6 +265,8 @@ def _run_stack(images, variances, masks, weights, bad_mask, mask_map, thresholds
         raise ValueError("stack needs at least one input image, got 0")
     shape = images[0].shape
     variances = [np.asarray(a) for a in variances]
+    if masks is None:
+        masks = [None] * n
     masks = [np.zeros(shape, np.int32) if a is None else np.asarray(a) for a in masks]
     weights = np.asarray(weights, dtype=float).reshape(-1)
     for name, seq in (("variances", variances), ("masks", masks)):
@@ -302,7 +304,7 @@ def _run_stack(images, variances, masks, weights, bad_mask, mask_map, thresholds
 def stack_mean(
     images: Sequence[np.ndarray] | np.ndarray,
     variances: Sequence[np.ndarray] | np.ndarray,
-    masks: Sequence[np.ndarray | None] | np.ndarray,
+    masks: Sequence[np.ndarray | None] | np.ndarray | None,
     weights: Sequence[float] | np.ndarray,
     *,
     bad_mask: int | None = None,
@@ -319,7 +321,7 @@ def stack_mean(
         ``N`` arrays of shape ``(ny, nx)`` (or one ``(N, ny, nx)`` array): flux per
         pixel and its variance (e.g. nJy and nJy^2).
     masks : sequence of numpy.ndarray or None
-        ``N`` integer masks (None = all clear).
+        ``N`` integer masks (None, or None entries = all clear).
     weights : sequence of float
         ``N`` positive weights (inverse image units squared, see :func:`coadd_weight`).
     bad_mask : int, optional
@@ -354,7 +356,7 @@ def stack_mean(
 def stack_meanclip(
     images: Sequence[np.ndarray] | np.ndarray,
     variances: Sequence[np.ndarray] | np.ndarray,
-    masks: Sequence[np.ndarray | None] | np.ndarray,
+    masks: Sequence[np.ndarray | None] | np.ndarray | None,
     weights: Sequence[float] | np.ndarray,
     *,
     n_sigma: float = 3.0,
