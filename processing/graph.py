@@ -84,10 +84,12 @@ def build_quanta(task_class, config, repo, collections: list[str], run: str, *,
         return custom(config, repo, collections, run, where=where, bind=bind)
     dims = tuple(task_class.dimensions)
     groups: dict[str, dict[tuple, list]] = {}
-    required = [c for c in task_class.inputs if not c.optional]
+    required = [c for c in task_class.inputs if not c.optional and not c.lookup]
     if not required:
         raise ValueError(f"{task_class.name} has no required input to build quanta from")
     for conn in task_class.inputs:
+        if conn.lookup:
+            continue
         clause = applicable_where(where, conn.dimensions)
         try:
             refs = repo.query_datasets(conn.dataset_type, clause, bind=bind,
@@ -115,6 +117,8 @@ def build_quanta(task_class, config, repo, collections: list[str], run: str, *,
             continue
         inputs = {}
         for conn in task_class.inputs:
+            if conn.lookup:
+                continue
             refs = groups[conn.name].get(key, [])
             if not refs:
                 continue
@@ -123,4 +127,7 @@ def build_quanta(task_class, config, repo, collections: list[str], run: str, *,
         outputs = {c.name: [] for c in task_class.outputs}
         quanta.append(Quantum(task_class.name, task_class, config, data_id, inputs, outputs, run,
                               str(repo.root), key=quantum_key(task_class.name, data_id)))
+    lookup = getattr(task_class, "lookup_inputs", None)
+    if lookup is not None and quanta:
+        lookup(quanta, repo, collections, config)
     return quanta

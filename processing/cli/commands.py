@@ -86,3 +86,32 @@ def status(repo, run, failures) -> None:
         if failures:
             print_table(r.sql("SELECT task, data_id, error FROM quantum WHERE run = $run AND "
                               "status = 'failed' ORDER BY task, data_id", {"run": run}))
+
+
+@main.command("register-skymap")
+@click.argument("repo", type=click.Path())
+@click.argument("name")
+@click.option("--rings", type=int, default=120, show_default=True,
+              help="Number of rings of a rings sky map (Rubin's lsst_cells_v1 has 120).")
+@click.option("--discrete", "discrete", multiple=True, metavar="RA,DEC,RADIUS",
+              help="A tract of a discrete sky map instead (degrees; repeatable).")
+@click.option("--all-tracts", is_flag=True,
+              help="Register every tract (default: the tracts the visits touch).")
+@handle_errors
+def register_skymap_cmd(repo, name, rings, discrete, all_tracts) -> None:
+    """Register sky map NAME in REPO: tract and patch records with their sky polygons."""
+    from processing.skymap import DiscreteSkyMap, RingsSkyMap
+    from processing.skymap.register import register_skymap
+    from store import Repo
+
+    if discrete:
+        parsed = [tuple(float(v) for v in d.split(",")) for d in discrete]
+        if any(len(p) != 3 for p in parsed):
+            raise click.BadParameter("expected RA,DEC,RADIUS", param_hint="--discrete")
+        skymap = DiscreteSkyMap([p[:2] for p in parsed], [p[2] for p in parsed])
+    else:
+        skymap = RingsSkyMap(rings)
+    with Repo(repo) as r:
+        counts = register_skymap(r, name, skymap, all_tracts=all_tracts)
+    click.echo(f"registered sky map {name}: {counts['tracts']} tract(s), "
+               f"{counts['patches']} patch(es)")

@@ -39,6 +39,9 @@ class Connection:
         receives / returns a dict keyed by the extra data-ID values.
     optional : bool
         The quantum can run without it.
+    lookup : bool
+        Found by the task's ``lookup_inputs`` hook (e.g. reference-catalog
+        shards overlapping a detector) instead of by data-ID projection.
     doc : str
         What it is.
     """
@@ -49,6 +52,7 @@ class Connection:
     storage_class: str
     multiple: bool = False
     optional: bool = False
+    lookup: bool = False
     doc: str = ""
 
 
