@@ -18,6 +18,7 @@ from photutils.aperture import CircularAperture
 from scipy.optimize import brentq
 
 from processing.algorithms.background import BackgroundList, BackgroundModel
+from processing.algorithms.moments import adaptive_moments
 from processing.algorithms.stats import clipped_stats
 from processing.algorithms.summary_stats import (
     PSF_STAT_FIELDS,
@@ -26,6 +27,7 @@ from processing.algorithms.summary_stats import (
     SummaryStatsConfig,
     compute_magnitude_limit,
     compute_summary_stats,
+    psf_grid_values,
     update_background_stats,
     update_effective_time_stats,
     update_magnitude_limit_stats,
@@ -123,6 +125,21 @@ def test_trace_radius_and_ap_flux_deltas_for_a_linear_size_gradient():
     unmasked = ExposureSummaryStats()
     update_psf_stats(unmasked, psf, bbox, image_mask=np.zeros(bbox.shape, np.int32))
     assert unmasked.psfTraceRadiusDelta > s.psfTraceRadiusDelta + 0.05
+
+
+def test_batched_grid_values_equal_point_by_point_evaluation():
+    rng = np.random.default_rng(8)
+    basis = rng.normal(0, 2e-4, (6, 41, 41))
+    basis[0] += _gauss(2.4)
+    basis[3] += 0.2 * (_gauss(2.8) - _gauss(2.4))
+    psf = PixelBasisPsf(basis, 2, (0.0, 0.0, 4071.0, 3999.0))
+    x, y = rng.uniform(0, 4071, 700), rng.uniform(0, 3999, 700)  # > one batch of 512
+    tr, ap = psf_grid_values(psf, x, y, 6.5, initial=(5.8, 5.8, 0.0))
+    for i in (0, 1, 511, 512, 699):
+        k = psf.kernel_image(x[i], y[i])
+        m = adaptive_moments(k[None], 20, 20)
+        assert tr[i] == pytest.approx(math.sqrt((m.xx[0] + m.yy[0]) / 2), rel=1e-6)
+        assert ap[i] == pytest.approx(_exact_ap_flux(k, 6.5), rel=1e-9)
 
 
 def test_ap_corr_sigma_scaled_delta():

@@ -27,7 +27,8 @@ Decisions:
   pixel/circle overlap weights of :mod:`~processing.algorithms.apertures`
   (every kernel is centred on its central pixel, so the weights are shared).
   Rubin uses sinc apertures; the difference is far below the deltas of
-  interest.  A ``GaussianPsf`` is position-independent and is evaluated once.
+  interest.  Position-independent models (``GaussianPsf``, degree-0
+  ``PixelBasisPsf``) are evaluated once.
   Measured with ``tests/benchmarks/bench_summary_stats.py`` (4072 x 4000
   detector, 1,806 grid points, degree-3 ``PixelBasisPsf``, 150 stars, shared
   2-core machine): the whole group takes 0.17 s with 25 x 25 kernels and
@@ -55,7 +56,7 @@ from store.calib import ApCorrMap
 from store.formats.parquet import as_arrow
 from store.geom import Box
 from store.masks import bits
-from store.psf import GaussianPsf, Psf
+from store.psf import GaussianPsf, PixelBasisPsf, Psf
 
 from .apertures import pixel_circle_overlap
 from .moments import adaptive_moments, determinant_radius, trace_radius
@@ -198,7 +199,9 @@ def psf_grid_values(psf: Psf, x, y, radius: float, initial=None
     x = np.atleast_1d(np.asarray(x, dtype=float))
     y = np.atleast_1d(np.asarray(y, dtype=float))
     n = x.size
-    if isinstance(psf, GaussianPsf) and n > 1:
+    constant = isinstance(psf, GaussianPsf) or (isinstance(psf, PixelBasisPsf)
+                                                 and psf.degree == 0)
+    if constant and n > 1:
         # Position independent: evaluate once.
         tr, ap = psf_grid_values(psf, x[:1], y[:1], radius, initial)
         return np.full(n, tr[0]), np.full(n, ap[0])
