@@ -16,14 +16,15 @@ image (``flag_truncated``) or covers a pixel with a bad mask bit
 (``flag_masked``).  Rubin switches to naive pixel-centre apertures beyond its
 sinc radius (12 px); here every radius is exact.
 
-Speed (5,000 sources, the ten Rubin radii 3 ... 70 px, 4k x 4k image, one core
-of this shared machine): the numba loop (row by row: interior runs summed
-plainly, boundary pixels with exact areas) takes 0.6-1.2 s; the best
-vectorised numpy version tried (boundary pixels exact, interior runs from row
-cumulative sums) took 3.5 s, and ``sep.sum_circle(subpix=0)`` 2.1-2.7 s.  The
-numba path is used when numba is installed; the numpy fallback
-(``engine="numpy"``, area weights on whole boxes, chunked) gives the same
-numbers, slower.
+Speed (``tests/benchmarks/bench_measure.py``: 5,000 sources, the ten Rubin
+radii 3 ... 70 px, 4k x 4k image, one core of a loaded shared machine): the
+numba loop (row by row: interior runs summed plainly, boundary pixels with
+exact areas) takes 1.3-1.5 s of CPU; ``sep.sum_circle(subpix=0)`` 2.1 s; the
+best vectorised numpy version tried (boundary pixels exact, interior runs from
+row cumulative sums) 3.5 s; row prefix sums inside the numba loop did not help
+(row-start cache misses dominate, not the interior).  The numpy fallback used
+without numba (``engine="numpy"``, area weights on whole boxes, chunked) gives
+the same numbers, ~20x slower.
 """
 
 from __future__ import annotations
@@ -220,8 +221,11 @@ def _aperture_sums(image, variance, bad, index, x, y, radii, engine):
         raise ValueError(f"engine must be 'auto', 'numba' or 'numpy', got {engine!r}")
     if engine == "numba" and numba is None:
         raise ValueError("engine='numba' requested but numba is not installed")
-    image = np.ascontiguousarray(image, dtype=float)
-    variance = np.ascontiguousarray(variance, dtype=float)
+    # float32 planes are read as they are (no 4k x 4k float64 copies); sums are float64.
+    dtype = np.float32 if (np.asarray(image).dtype == np.float32
+                           and np.asarray(variance).dtype == np.float32) else np.float64
+    image = np.ascontiguousarray(image, dtype=dtype)
+    variance = np.ascontiguousarray(variance, dtype=dtype)
     if bad is None:
         bad = np.zeros(image.shape, dtype=np.uint8)
     bad = np.ascontiguousarray(bad, dtype=np.uint8)

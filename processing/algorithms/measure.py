@@ -115,7 +115,7 @@ class MeasurementConfig:
     replace_with_noise: bool = True
     subtract_children: bool = True
     noise_seed: int = 0
-    chunk_size: int = 2000
+    chunk_size: int = 500
 
 
 class _Scene:
@@ -141,6 +141,7 @@ class _Scene:
             known = ids[order[pos]] == labels
             # Labels of unknown sources form families of their own.
             self.fam[labelled] = np.where(known, family[order[pos]], labels)
+            self.own_area = np.bincount(order[pos][known], minlength=ids.size)
             if config.replace_with_noise:
                 rng = np.random.default_rng(config.noise_seed)
                 self.noise = np.zeros(self.shape, dtype=np.float32)
@@ -194,11 +195,12 @@ class _Scene:
 
     def global_removed(self):
         """The image with every child model subtracted and every segment replaced by noise."""
-        out = self.image.astype(float)
+        out = self.image.copy()
         if self.model is not None:
             out -= self.model
         if self.noise is not None:
-            out = np.where(self.fam == 0, out, self.noise)
+            labelled = self.fam != 0
+            out[labelled] = self.noise[labelled]
         return out
 
 
@@ -319,14 +321,11 @@ def measure_sources(
     _large_apertures(scene, cols, large, config)
     _classify(cols, config)
     if segmentation is not None:
-        labels, counts = np.unique(np.asarray(segmentation), return_counts=True)
-        pos = np.clip(np.searchsorted(labels, ids), 0, labels.size - 1)
-        own = np.where(labels[pos] == ids, counts[pos], 0)
+        own = scene.own_area.copy()
         # A parent's footprint is its whole family: its own pixels and its children's.
         fam_keys, fam_index = np.unique(family, return_inverse=True)
         fam_total = np.bincount(fam_index, weights=own).astype(np.int64)
-        parent_total = fam_total[np.searchsorted(fam_keys, ids[is_parent])]
-        own[is_parent] = parent_total
+        own[is_parent] = fam_total[np.searchsorted(fam_keys, ids[is_parent])]
         cols["footprintArea_value"][:] = own
     return _to_table(cols, config)
 
@@ -367,20 +366,26 @@ def _pass_one(scene, psf, idx, xp, yp, family, is_child, sigma, config, cols):
     res = psf_flux(img, var, on & ((msk & psf_bad) == 0), models, off_image=~on)
     fields = [res.flux, res.flux_err, res.area, res.chi2, res.npixels, res.flag_edge,
               res.flag_no_good_pixels]
-    # Children of one blend: amplitudes solved together on the union of their stamps.
+    # Children of one blend: amplitudes solved together on the union of their stamps,
+    # then each child is re-centroided with its siblings' fitted models subtracted (a
+    # bright neighbour's gradient would pull it) and the blend is fitted again.
     child = is_child[idx]
     keys, counts = np.unique(fam[child], return_counts=True)
-    for key in keys[counts > 1]:
-        members = np.nonzero(child & (fam == key))[0]
-        blend, bx, by, bex, bey, bmodels, box, boy = _fit_blend(
-            scene, psf, key, x[members], y[members], ex[members], ey[members], sigma, psf_bad,
-            config)
-        for field, value in zip(fields, (blend.flux, blend.flux_err, blend.area, blend.chi2,
-                                         blend.npixels, blend.flag_edge,
-                                         blend.flag_no_good_pixels), strict=True):
-            field[members] = value
-        x[members], y[members], ex[members], ey[members] = bx, by, bex, bey
-        models[members], ox[members], oy[members] = bmodels, box, boy
+    groups = [np.nonzero(child & (fam == key))[0] for key in keys[counts > 1]]
+    if groups:
+        for key, members in zip(keys[counts > 1], groups, strict=True):
+            fit, rimg, rvar, x0, y0 = _joint_fit(scene, key, members, models, ox, oy, psf_bad)
+            if np.all(np.isfinite(fit.flux)):
+                _recentroid(rimg, rvar, x0, y0, fit.flux, models[members], ox[members] - x0,
+                            oy[members] - y0, members, x, y, ex, ey, sigma, config)
+        every = np.concatenate(groups)
+        models[every], ox[every], oy[every] = model_stamps(psf, x[every], y[every])
+        for key, members in zip(keys[counts > 1], groups, strict=True):
+            fit = _joint_fit(scene, key, members, models, ox, oy, psf_bad)[0]
+            for field, value in zip(fields, (fit.flux, fit.flux_err, fit.area, fit.chi2,
+                                             fit.npixels, fit.flag_edge,
+                                             fit.flag_no_good_pixels), strict=True):
+                field[members] = value
     cols["x"][idx], cols["y"][idx] = x, y
     cols["xErr"][idx] = np.where(off, np.nan, ex)
     cols["yErr"][idx] = np.where(off, np.nan, ey)
@@ -391,34 +396,31 @@ def _pass_one(scene, psf, idx, xp, yp, family, is_child, sigma, config, cols):
     return models.astype(np.float32), ox, oy
 
 
-def _fit_blend(scene, psf, key, x, y, ex, ey, sigma, psf_bad, config):
-    """Joint PSF fit of the children of one blend, with one re-centroiding step.
+def _joint_fit(scene, key, members, models, ox, oy, psf_bad):
+    """Joint PSF fit of one blend's children on the union of their model stamps."""
+    k = models.shape[1]
+    x0, y0 = int(ox[members].min()), int(oy[members].min())
+    x1, y1 = int(ox[members].max()) + k, int(oy[members].max()) + k
+    rimg, ron, rvar, rmsk = scene.region(x0, y0, x1, y1, key)
+    fit = psf_flux_blend(rimg, rvar, ron & ((rmsk & psf_bad) == 0), models[members],
+                         ox[members] - x0, oy[members] - y0)
+    return fit, rimg, rvar, x0, y0
 
-    The children are first fitted at their initial centroids; each child is then
-    re-centroided on the blend with its siblings' fitted models subtracted (so a
-    bright neighbour's gradient does not pull it), and the fit is repeated.
-    """
-    for step in range(2):
-        models, ox, oy = model_stamps(psf, x, y)
-        k = models.shape[1]
-        x0, y0 = int(ox.min()), int(oy.min())
-        rimg, ron, rvar, rmsk = scene.region(x0, y0, int(ox.max()) + k, int(oy.max()) + k, key)
-        blend = psf_flux_blend(rimg, rvar, ron & ((rmsk & psf_bad) == 0), models,
-                               ox - x0, oy - y0)
-        if step == 1 or not np.all(np.isfinite(blend.flux)):
-            break
-        placed = np.zeros((x.size, *rimg.shape))
-        for c in range(x.size):
-            placed[c, oy[c] - y0 : oy[c] - y0 + k, ox[c] - x0 : ox[c] - x0 + k] = models[c]
-        total = np.tensordot(blend.flux, placed, axes=1)
-        for c in range(x.size):
-            resid = rimg - total + blend.flux[c] * placed[c]
-            cen = sdss_centroid(resid, rvar, [x[c] - x0], [y[c] - y0], sigma,
-                                max_dist_to_peak=config.centroid_max_dist_to_peak)
-            if not cen.flag[0]:
-                x[c], y[c] = cen.x[0] + x0, cen.y[0] + y0
-                ex[c], ey[c] = cen.x_err[0], cen.y_err[0]
-    return blend, x, y, ex, ey, models, ox, oy
+
+def _recentroid(rimg, rvar, x0, y0, flux, models, rx, ry, members, x, y, ex, ey, sigma, config):
+    """Centroid each child of a blend on the region minus its siblings' fitted models."""
+    k = models.shape[1]
+    total = np.zeros(rimg.shape)
+    for c in range(members.size):
+        total[ry[c] : ry[c] + k, rx[c] : rx[c] + k] += flux[c] * models[c]
+    for c, i in enumerate(members):
+        resid = rimg - total
+        resid[ry[c] : ry[c] + k, rx[c] : rx[c] + k] += flux[c] * models[c]
+        cen = sdss_centroid(resid, rvar, [x[i] - x0], [y[i] - y0], sigma,
+                            max_dist_to_peak=config.centroid_max_dist_to_peak)
+        if not cen.flag[0]:
+            x[i], y[i] = cen.x[0] + x0, cen.y[0] + y0
+            ex[i], ey[i] = cen.x_err[0], cen.y_err[0]
 
 
 def _add_models(target, stamps, ox, oy):

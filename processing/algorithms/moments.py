@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from store.psf import Psf
+from store.psf import GaussianPsf, PixelBasisPsf, Psf
 
 from .psf_images import kernel_images
 
@@ -240,11 +240,12 @@ def adaptive_moments(
         keep = ok
         # Centre update mu - c = C Q^-1 m (exact for a Gaussian).
         if recentre:
-            qixx, qiyy, qixy, _ = _inv2(qxx, qyy, qxy)
-            ux, uy = qixx * mx + qixy * my, qixy * mx + qiyy * my
-            step_x = cxx * ux + cxy * uy
-            step_y = cxy * ux + cyy * uy
-            step = np.hypot(step_x, step_y)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                qixx, qiyy, qixy, _ = _inv2(qxx, qyy, qxy)
+                ux, uy = qixx * mx + qixy * my, qixy * mx + qiyy * my
+                step_x = cxx * ux + cxy * uy
+                step_y = cxy * ux + cyy * uy
+                step = np.hypot(step_x, step_y)
             scale = np.where(step > _MAX_STEP, _MAX_STEP / np.where(step > 0, step, 1), 1.0)
             step_x, step_y = step_x * scale, step_y * scale
         else:
@@ -298,6 +299,11 @@ def psf_moments(psf: Psf, x, y, *, max_half: int | None = None
     ixx, iyy, ixy : numpy.ndarray
         ``(n,)`` moments of ``psf.kernel_image(x, y)``, pixel^2.
     """
+    x = np.atleast_1d(np.asarray(x, dtype=float))
+    y = np.atleast_1d(np.asarray(y, dtype=float))
+    if _position_independent(psf) and x.size > 1:
+        one = psf_moments(psf, x[:1], y[:1], max_half=max_half)
+        return tuple(np.full(x.size, v[0]) for v in one)
     kernels = kernel_images(psf, x, y)
     half = kernels.shape[1] // 2
     if max_half is not None and max_half < half:
@@ -306,6 +312,10 @@ def psf_moments(psf: Psf, x, y, *, max_half: int | None = None
         half = max_half
     res = adaptive_moments(kernels, half, half, initial=2.25)
     return res.xx, res.yy, res.xy
+
+
+def _position_independent(psf: Psf) -> bool:
+    return isinstance(psf, GaussianPsf) or (isinstance(psf, PixelBasisPsf) and psf.degree == 0)
 
 
 def psf_moments_at(psf: Psf, x: float, y: float) -> tuple[float, float, float]:

@@ -106,17 +106,21 @@ def psf_flux(stamps, variance, good, models, *, off_image=None) -> PsfFlux:
     -------
     PsfFlux
     """
-    g = np.asarray(good, dtype=float)
-    pg = models * g
-    spp = (pg * models).sum(axis=(1, 2))
+    good = np.asarray(good, dtype=bool)
+    # Sums of products with einsum: no (n, k, k) temporaries beyond two masked copies.
+    pg = np.where(good, models, 0.0)
+    spp = np.einsum("nij,nij->n", pg, models)
     sp = pg.sum(axis=(1, 2))
-    npix = g.sum(axis=(1, 2)).astype(np.int64)
+    npix = good.sum(axis=(1, 2)).astype(np.int64)
     no_good = (npix == 0) | (spp <= 0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        flux = (pg * stamps).sum(axis=(1, 2)) / spp
-        err = np.sqrt((pg * models * variance).sum(axis=(1, 2))) / spp
-        resid = stamps - flux[:, None, None] * models
-        chi2 = (g * resid * resid / np.where(g > 0, variance, 1.0)).sum(axis=(1, 2))
+        flux = np.einsum("nij,nij->n", pg, stamps) / spp
+        err = np.sqrt(np.einsum("nij,nij,nij->n", pg, pg, variance)) / spp
+        # chi2 = sum g (I - F P)^2 / V, expanded into three sums.
+        iv = np.where(good & (variance > 0), 1.0 / np.where(variance > 0, variance, 1.0), 0.0)
+        chi2 = (np.einsum("nij,nij,nij->n", iv, stamps, stamps)
+                - 2 * flux * np.einsum("nij,nij,nij->n", iv, stamps, models)
+                + flux * flux * np.einsum("nij,nij,nij->n", iv, models, models))
         area = sp * sp / spp
     edge = np.zeros(len(flux), dtype=bool) if off_image is None else off_image.any(axis=(1, 2))
     nan = np.where(no_good, np.nan, 1.0)
@@ -267,7 +271,8 @@ def local_background(stamps, good, inner: float, outer: float, *, n_sigma: float
     r2 = (xx - w // 2) ** 2 + (yy - h // 2) ** 2
     ys, xs = np.nonzero((r2 >= inner * inner) & (r2 < outer * outer))
     use = good[:, ys, xs]
-    vals = np.where(use, stamps[:, ys, xs], np.nan)
+    # float32 halves the cost of the sort; the statistics are accumulated in float64.
+    vals = np.where(use, stamps[:, ys, xs], np.nan).astype(np.float32)
     count = use.sum(axis=1)
     ordered = np.sort(vals, axis=1)  # NaNs (unusable pixels) sort last
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -279,8 +284,9 @@ def local_background(stamps, good, inner: float, outer: float, *, n_sigma: float
         for _ in range(max(n_iter, 1)):
             keep = use & (np.abs(vals - centre[:, None]) <= half[:, None])
             cnt = keep.sum(axis=1)
-            mean = np.where(keep, vals, 0.0).sum(axis=1) / cnt
-            var = np.where(keep, (vals - mean[:, None]) ** 2, 0.0).sum(axis=1) / (cnt - 1)
+            mean = np.where(keep, vals, 0.0).sum(axis=1, dtype=np.float64) / cnt
+            dev = np.where(keep, vals - mean[:, None].astype(np.float32), 0.0)
+            var = np.einsum("ij,ij->i", dev, dev, dtype=np.float64) / (cnt - 1)
             centre, half = mean, n_sigma * np.sqrt(var)
     n_used = keep.sum(axis=1)
     return np.where(n_used > 0, mean, np.nan), np.where(n_used > 1, np.sqrt(var), np.nan), n_used

@@ -85,6 +85,33 @@ def _bspline5(t: np.ndarray) -> np.ndarray:
     return out / 120.0
 
 
+def _spline_coefficients(stamps: np.ndarray) -> np.ndarray:
+    """Quintic B-spline coefficients of each stamp (mirror boundary, as ndimage.shift)."""
+    coeff = ndimage.spline_filter1d(stamps, SHIFT_ORDER, axis=-2, mode="mirror")
+    return ndimage.spline_filter1d(coeff, SHIFT_ORDER, axis=-1, mode="mirror")
+
+
+def _evaluate_shift(coeff: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """Evaluate the splines of ``coeff`` (n, ny, nx) on the grid shifted by (dx, dy)."""
+    _, ny, nx = coeff.shape
+    pad = (SHIFT_ORDER + 1) // 2
+    width = 2 * pad + 1
+    coeff = np.pad(coeff, ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
+    # out(i) = sum_m c(m) B(i - dx - m); window slot w of output i reads padded
+    # coefficient i + w, i.e. m = i + w - pad, with weight B(pad - w - dx).
+    slots = pad - np.arange(width)
+    wx = _bspline5(slots[None, :] - dx[:, None])
+    wy = _bspline5(slots[None, :] - dy[:, None])
+    win = np.lib.stride_tricks.sliding_window_view(coeff, width, axis=2)
+    tmp = np.einsum("nyxk,nk->nyx", win, wx)
+    win = np.lib.stride_tricks.sliding_window_view(tmp, width, axis=1)
+    out = np.einsum("nyxk,nk->nyx", win, wy)
+    sx = np.arange(nx)[None, :] - dx[:, None]
+    sy = np.arange(ny)[None, :] - dy[:, None]
+    out *= ((sy >= 0) & (sy <= ny - 1))[:, :, None] & ((sx >= 0) & (sx <= nx - 1))[:, None, :]
+    return out
+
+
 def shift_stamps(stamps: np.ndarray, dx, dy) -> np.ndarray:
     """Shift each stamp of a stack by its own sub-pixel offset.
 
@@ -108,26 +135,10 @@ def shift_stamps(stamps: np.ndarray, dx, dy) -> np.ndarray:
         ``(n, ny, nx)`` float64 shifted stamps.
     """
     stamps = np.asarray(stamps, dtype=float)
-    n, ny, nx = stamps.shape
+    n = stamps.shape[0]
     dx = np.broadcast_to(np.asarray(dx, dtype=float), (n,))
     dy = np.broadcast_to(np.asarray(dy, dtype=float), (n,))
-    coeff = ndimage.spline_filter1d(stamps, SHIFT_ORDER, axis=1, mode="mirror")
-    coeff = ndimage.spline_filter1d(coeff, SHIFT_ORDER, axis=2, mode="mirror")
-    pad = (SHIFT_ORDER + 1) // 2
-    coeff = np.pad(coeff, ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
-    taps = np.arange(-pad, pad + 1)
-    wx = _bspline5(taps[None, :] - dx[:, None])
-    wy = _bspline5(taps[None, :] - dy[:, None])
-    # out(i) = sum_m c(m) B(i - dx - m): tap t = i - m carries weight B(t - dx).
-    tmp = np.zeros((n, ny + 2 * pad, nx))
-    for k, t in enumerate(taps):
-        tmp += wx[:, k, None, None] * coeff[:, :, pad - t : pad - t + nx]
-    out = np.zeros((n, ny, nx))
-    for k, t in enumerate(taps):
-        out += wy[:, k, None, None] * tmp[:, pad - t : pad - t + ny, :]
-    sx = np.arange(nx)[None, :] - dx[:, None]
-    sy = np.arange(ny)[None, :] - dy[:, None]
-    out *= ((sy >= 0) & (sy <= ny - 1))[:, :, None] & ((sx >= 0) & (sx <= nx - 1))[:, None, :]
+    out = _evaluate_shift(_spline_coefficients(stamps), dx, dy)
     still = (dx == 0.0) & (dy == 0.0)  # shift_image returns the input unchanged
     if still.any():
         out[still] = stamps[still]
@@ -155,8 +166,21 @@ def model_stamps(psf: Psf, x, y) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     x = np.atleast_1d(np.asarray(x, dtype=float))
     y = np.atleast_1d(np.asarray(y, dtype=float))
-    kernels = kernel_images(psf, x, y)
-    half = kernels.shape[1] // 2
     ix, iy = nearest_pixel(x), nearest_pixel(y)
-    stamps = shift_stamps(kernels, x - ix, y - iy)
+    dx, dy = x - ix, y - iy
+    if isinstance(psf, PixelBasisPsf):
+        # The spline prefilter is linear: filter the few basis images once and combine
+        # them with each source's weights, instead of filtering every kernel.
+        xn, yn = psf.normalise_position(x, y)
+        weights = polynomial_terms(xn, yn, psf.degree)
+        total = weights @ psf.basis.sum(axis=(1, 2))
+        weights = weights / np.where(total != 0, total, 1.0)[:, None]
+        coeff = np.einsum("nt,tij->nij", weights, _spline_coefficients(psf.basis))
+        stamps = _evaluate_shift(coeff, dx, dy)
+        still = (dx == 0.0) & (dy == 0.0)
+        if still.any():
+            stamps[still] = np.einsum("nt,tij->nij", weights[still], psf.basis)
+    else:
+        stamps = shift_stamps(kernel_images(psf, x, y), dx, dy)
+    half = stamps.shape[1] // 2
     return stamps, ix - half, iy - half
