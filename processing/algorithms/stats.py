@@ -94,22 +94,23 @@ def clipped_stats(
     >>> clipped_stats(x).mean
     0.0
     """
-    x = np.asarray(values, dtype=float).ravel()
+    # Keep float32 inputs in float32 (the copies of a 16-Mpixel plane dominate the
+    # cost); sums are accumulated in float64.
+    x = np.asarray(values)
+    if x.dtype.kind != "f":
+        x = x.astype(float)
+    x = x.ravel()
     keep = np.isfinite(x)
     if mask is not None and and_mask:
         keep &= (np.asarray(mask).ravel() & and_mask) == 0
-    w = None if weights is None else np.asarray(weights, dtype=float).ravel()
-    v = None if variances is None else np.asarray(variances, dtype=float).ravel()
+    w = None if weights is None else np.asarray(weights, dtype=float).ravel()[keep]
+    v = None if variances is None else np.asarray(variances, dtype=float).ravel()[keep]
     x = x[keep]
-    if w is not None:
-        w = w[keep]
-    if v is not None:
-        v = v[keep]
     n = x.size
     nan = float("nan")
     if n == 0:
         return ClippedStats(nan, nan, 0, 0, nan, nan)
-    q1, median, q3 = np.percentile(x, [25.0, 50.0, 75.0])
+    q1, median, q3 = (float(q) for q in np.percentile(x, [25.0, 50.0, 75.0]))
     center = median
     hwidth = n_sigma * IQR_TO_SIGMA * (q3 - q1)
     mean, var, selected = nan, nan, np.ones(n, dtype=bool)
@@ -118,21 +119,33 @@ def clipped_stats(
             center = mean
             hwidth = n_sigma * np.sqrt(max(var, 0.0)) if np.isfinite(var) else np.inf
         selected = np.abs(x - center) <= hwidth if n > 1 else np.ones(n, dtype=bool)
-        if not selected.any():
-            return ClippedStats(nan, nan, 0, n, nan, float(median))
+        n_sel = int(selected.sum())
+        if n_sel == 0:
+            return ClippedStats(nan, nan, 0, n, nan, median)
         xs = x[selected]
-        ws = np.ones_like(xs) if w is None else w[selected]
-        sw = ws.sum()
-        sw2 = (ws * ws).sum()
-        mean = float((ws * xs).sum() / sw)
-        denom = sw * sw - sw2
-        spread = (ws * xs * xs).sum() / sw - mean * mean
-        var = float(spread * sw * sw / denom) if denom > 0 else nan
-    xs_w = np.ones(selected.sum()) if w is None else w[selected]
-    sw = xs_w.sum()
-    if v is not None:
-        error = float(np.sqrt((xs_w**2 * v[selected]).sum()) / sw)
+        if w is None:
+            mean = float(xs.mean(dtype=np.float64))
+            var = float(xs.var(dtype=np.float64, ddof=1)) if n_sel > 1 else nan
+        else:
+            ws = w[selected]
+            sw = ws.sum()
+            sw2 = (ws * ws).sum()
+            mean = float((ws * xs).sum() / sw)
+            denom = sw * sw - sw2
+            spread = (ws * xs * xs).sum() / sw - mean * mean
+            var = float(spread * sw * sw / denom) if denom > 0 else nan
+    n_sel = int(selected.sum())
+    if w is None:
+        sw, sw2 = float(n_sel), float(n_sel)
+        if v is not None:
+            error = float(np.sqrt(v[selected].sum()) / sw)
+        else:
+            error = float(np.sqrt(var * sw2) / sw) if np.isfinite(var) else nan
     else:
-        error = float(np.sqrt(var * (xs_w**2).sum()) / sw) if np.isfinite(var) else nan
-    return ClippedStats(mean, var, int(selected.sum()), int(n - selected.sum()), error,
-                        float(median))
+        ws = w[selected]
+        sw = ws.sum()
+        if v is not None:
+            error = float(np.sqrt((ws**2 * v[selected]).sum()) / sw)
+        else:
+            error = float(np.sqrt(var * (ws**2).sum()) / sw) if np.isfinite(var) else nan
+    return ClippedStats(mean, var, n_sel, n - n_sel, error, median)
