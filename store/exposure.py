@@ -21,7 +21,7 @@ from .psf import Psf
 if TYPE_CHECKING:  # astropy is imported lazily to keep `drp sql` fast
     from astropy.wcs import WCS
 
-__all__ = ["DetectorInfo", "Exposure", "VisitInfo"]
+__all__ = ["DetectorInfo", "Exposure", "ExposureInfo", "VisitInfo"]
 
 
 @dataclass(frozen=True)
@@ -189,3 +189,29 @@ class Exposure:
         x, y = self.wcs.all_world2pix(np.asarray(ra, float), np.asarray(dec, float), 0,
                                       tolerance=1e-8, maxiter=50, quiet=True)
         return np.asarray(x), np.asarray(y)
+
+
+@dataclass
+class ExposureInfo:
+    """Everything about an exposure except its pixels (read without the image planes).
+
+    Has the same attribute names as :class:`Exposure` for the components, so
+    code that only needs the PSF, WCS, calibration or metadata accepts either.
+    """
+
+    bbox: Box
+    wcs: WCS | None = None
+    psf: Psf | None = None
+    photo_calib: PhotoCalib | None = None
+    ap_corr_map: ApCorrMap | None = None
+    visit_info: VisitInfo | None = None
+    detector: DetectorInfo | None = None
+    units: str = "adu"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def band(self) -> str | None:
+        """Band of the exposure."""
+        if self.visit_info is not None and self.visit_info.band:
+            return self.visit_info.band
+        return self.metadata.get("BAND")

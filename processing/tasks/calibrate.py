@@ -390,13 +390,12 @@ def _psf_flags(x, y, bx, by, *, candidate_rows) -> dict[str, np.ndarray]:
 
 def _attach_summary(exposure: Exposure, psf_stars: pa.Table, background: BackgroundList) -> None:
     """Compute the summary statistics and store them in the exposure's header cards."""
-    try:
-        from ..algorithms.summary_stats import compute_summary_stats
-    except ImportError:  # summary statistics land with the visit-summary work
-        return
+    from ..algorithms.summary_stats import compute_summary_stats
+
     summary = compute_summary_stats(exposure, psf_stars, background)
     for key, value, _ in summary.to_header_cards():
-        exposure.metadata[key] = value
+        # the FITS writer adds the HIERARCH convention itself
+        exposure.metadata[key.removeprefix("HIERARCH ")] = value
 
 
 def zero_point_of(photo_calib: PhotoCalib) -> float:

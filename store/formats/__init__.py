@@ -17,6 +17,7 @@ from .fits import (
     FitsBundle,
     read_bundle,
     read_exposure,
+    read_exposure_info,
     read_image,
     write_bundle,
     write_exposure,
@@ -82,7 +83,9 @@ STORAGE_CLASSES: dict[str, StorageClass] = {
     sc.name: sc
     for sc in (
         StorageClass("Exposure", ".fits", write_exposure,
-                     lambda path, bbox=None: read_exposure(path, bbox=bbox)),
+                     lambda path, bbox=None, components=False: (
+                         read_exposure_info(path) if components
+                         else read_exposure(path, bbox=bbox))),
         StorageClass("Image", ".fits", lambda obj, f: write_image(obj, f),
                      lambda path: read_image(path)),
         StorageClass("FitsBundle", ".fits", write_bundle, lambda path: read_bundle(path)),

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..calib import ApCorrMap, PhotoCalib
 from ..errors import FormatError
-from ..exposure import DetectorInfo, Exposure, VisitInfo
+from ..exposure import DetectorInfo, Exposure, ExposureInfo, VisitInfo
 from ..geom import Box
 from ..masks import header_cards, remap
 from ..psf import psf_from_hdu
@@ -28,6 +28,7 @@ __all__ = [
     "FitsBundle",
     "read_bundle",
     "read_exposure",
+    "read_exposure_info",
     "read_image",
     "write_bundle",
     "write_exposure",
@@ -242,6 +243,33 @@ def read_exposure(path, bbox: Box | None = None) -> Exposure:
     return Exposure(image=image, mask=mask, variance=variance, wcs=wcs, psf=psf,
                     photo_calib=photo_calib, ap_corr_map=ap_corr, visit_info=visit_info,
                     detector=detector, units=units, xy0=out_xy0, metadata=metadata)
+
+
+def read_exposure_info(path) -> ExposureInfo:
+    """Read an exposure's components and metadata without its pixel planes."""
+    from astropy.io import fits
+
+    try:
+        with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
+            primary = hdul[0].header
+            names = [h.name for h in hdul]
+            if "IMAGE" not in names:
+                raise FormatError(f"{path}: no IMAGE extension (not an exposure file)")
+            xy0 = (int(primary.get("XY0X", 0)), int(primary.get("XY0Y", 0)))
+            header = hdul["IMAGE"].header
+            bbox = Box(xy0[0], xy0[1], int(header["NAXIS1"]), int(header["NAXIS2"]))
+            wcs = _read_wcs(header, xy0)
+            psf = psf_from_hdu(hdul["PSF"]) if "PSF" in names else None
+            ap_corr = ApCorrMap.from_hdu(hdul["APCORR"]) if "APCORR" in names else None
+            visit_info, detector, photo_calib, metadata = _read_primary(primary)
+            units = primary.get("BUNIT") or header.get("BUNIT", "adu")
+    except (OSError, TypeError, KeyError, ValueError) as err:
+        if isinstance(err, FormatError):
+            raise
+        raise FormatError(f"{path}: cannot read exposure ({err})") from err
+    return ExposureInfo(bbox=bbox, wcs=wcs, psf=psf, photo_calib=photo_calib,
+                        ap_corr_map=ap_corr, visit_info=visit_info, detector=detector,
+                        units=units, metadata=metadata)
 
 
 def _read_primary(primary):
