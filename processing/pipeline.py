@@ -312,6 +312,9 @@ def run_pipeline(repo, pipeline: Pipeline, *, inputs: list[str], output: str | N
                     pending, last_flush = [], time.monotonic()
             summary.n_registered += _register(repo, run, pending, versions)
             bar.stop()
+            after = getattr(step.task_class, "after_stage", None)
+            if after is not None:  # e.g. update visit regions from the new visit summaries
+                after(repo, run)
     finally:
         bar.stop()
         executor.close()
