@@ -247,7 +247,13 @@ def render_ghost(image: np.ndarray, ghost: Ghost, star_flux_e: float,
 
 
 def bleed(image_e: np.ndarray, full_well: float) -> np.ndarray:
-    """Spill charge above the full well along columns, in place.
+    """Spill charge above the full well along columns, in place, conserving charge.
+
+    Each vertical run of pixels above the full well keeps a full well per
+    pixel and pushes half of its excess up and half down; every pixel
+    reached is topped up to the full well (absorbing ``full_well - value``)
+    until the excess is used up, the last one partly.  Charge reaching the
+    detector edge is lost, as in a real device.
 
     Parameters
     ----------
@@ -269,23 +275,21 @@ def bleed(image_e: np.ndarray, full_well: float) -> np.ndarray:
     labels, n = ndimage.label(over, structure=[[0, 1, 0], [0, 1, 0], [0, 1, 0]])
     excess = np.bincount(labels[over], weights=image_e[over] - full_well, minlength=n + 1)[1:]
     slices = ndimage.find_objects(labels)
-    y0 = np.array([s[0].start for s in slices])
-    y1 = np.array([s[0].stop for s in slices])
-    col = np.array([s[1].start for s in slices])
-    ny = image_e.shape[0]
-    extra = excess / full_well / 2.0  # pixels' worth of charge going each way
-    full = np.floor(extra).astype(np.int64)
-    partial = (extra - full) * full_well
-    lo = np.maximum(y0 - full, 0)
-    hi = np.minimum(y1 + full, ny)
-    counts = hi - lo
-    rows = _ranges(lo, counts)
-    cols = np.repeat(col, counts)
-    saturated = np.zeros_like(over)
-    saturated[rows, cols] = True
-    # The last, partly filled pixel at each end of the trail.
-    for end in (lo - 1, hi):
-        ok = (end >= 0) & (end < ny)
-        np.add.at(image_e, (end[ok], col[ok]), partial[ok])
-    image_e[saturated] = full_well
+    saturated = over.copy()
+    image_e[over] = full_well
+    # One short step per run (a saturated star has one run per column it covers);
+    # the work inside is a cumulative sum along that column.
+    for (rows, cols), spill in zip(slices, excess / 2.0, strict=True):
+        col = cols.start
+        ways = [slice(rows.stop, None)]  # up
+        if rows.start > 0:
+            ways.append(slice(rows.start - 1, None, -1))  # down, nearest pixel first
+        for way in ways:
+            column = image_e[way, col]  # a view
+            filled = np.cumsum(np.maximum(full_well - column, 0.0))
+            k = int(np.searchsorted(filled, spill))  # pixels topped up completely
+            column[:k] = full_well
+            saturated[way, col][:k] = True
+            if k < column.size:
+                column[k] += spill - (filled[k - 1] if k else 0.0)
     return saturated

@@ -16,7 +16,9 @@ Presets
     in g, r and i, for scale runs.
 ``tiny``
     One 512 x 512 detector, 4 visits in g and r dithered by at most 0.5
-    arcmin (so they overlap): seconds to simulate, for tests.
+    arcmin (so they overlap): seconds to simulate, for tests.  Its cosmic-ray
+    rate is 10x the real one so that every exposure has several (the real
+    rate gives less than one per exposure on so small a detector).
 """
 
 from __future__ import annotations
@@ -384,8 +386,8 @@ _TINY = SurveyConfig(
     name="tiny",
     camera=CameraConfig(name="SimTiny", n_x=1, n_y=1, width=512, height=512),
     observing=ObservingConfig(n_visits=4, dither_radius=0.5),
-    artefacts=ArtefactConfig(satellite_every=4, satellite_offset=2, ghost_visit=None,
-                             transient_visit=3),
+    artefacts=ArtefactConfig(cosmic_ray_rate=60.0, satellite_every=4, satellite_offset=2,
+                             ghost_visit=None, transient_visit=3),
 )
 
 #: Named presets; ``simulate_survey(repo, preset="demo")`` looks them up here.

@@ -134,6 +134,9 @@ def _render_task(task: tuple[int, int], plan: SurveyPlan | None = None):
     visit_index, detector = task
     rendered = render_exposure(plan, visit_index, detector)
     visit = plan.visits[visit_index]
+    # An astropy WCS does not survive pickling byte for byte (its header cards
+    # come back formatted differently), so the parent attaches the WCS.
+    rendered.exposure.wcs = None
     return (visit_index, detector, rendered.exposure,
             visit_detector_table(plan, visit, [detector]),
             psf_grid_table(plan, visit, [detector]),
@@ -387,6 +390,7 @@ def _render_and_write(repo, plan: SurveyPlan, runs: RunNames, n_workers: int,
     done = 0
     for visit_index, detector, exposure, vd, psf, art in _ordered_results(plan, tasks, n_workers):
         visit = plan.visits[visit_index]
+        exposure.wcs = plan.header_wcs(visit, detector)
         images.append((exposure, "post_isr_image",
                        {"instrument": inst, "visit": visit.id, "detector": detector}))
         truth["vd"].append(vd)

@@ -57,10 +57,11 @@ def _sip_coefficients(k_px: float, crpix_x: float, crpix_y: float, width: int,
     scale = max(np.abs(big_u).max(), np.abs(big_v).max(), 1.0)
     design = np.stack([(big_u / scale) ** p * (big_v / scale) ** q for p, q in terms], axis=1)
     # Normal equations: the scaled design is well conditioned, and LAPACK's
-    # lstsq is needlessly slow for this small problem.
-    normal = design.T @ design
-    cu = np.linalg.solve(normal, design.T @ (u - big_u))
-    cv = np.linalg.solve(normal, design.T @ (v - big_v))
+    # lstsq is needlessly slow for this small problem.  einsum (not BLAS) keeps
+    # the sums in a fixed order, so every process gets the same bits.
+    normal = np.einsum("ij,ik->jk", design, design)
+    cu = np.linalg.solve(normal, np.einsum("ij,i->j", design, u - big_u))
+    cv = np.linalg.solve(normal, np.einsum("ij,i->j", design, v - big_v))
     ap = np.zeros((_SIP_INVERSE_ORDER + 1, _SIP_INVERSE_ORDER + 1))
     bp = np.zeros_like(ap)
     for (p, q), c1, c2 in zip(terms, cu, cv, strict=True):
