@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from processing.algorithms.apertures import APERTURE_RADII, aperture_flux
-from processing.algorithms.measure import measure_sources
+from processing.algorithms.measure import MeasurementConfig, measure_sources
 from store.psf import PixelBasisPsf
 from tests._moffat_stars import moffat_kernel, moffat_stamp
 
@@ -82,6 +82,13 @@ def main(n_sources: int = 5000, size: int = 4096) -> None:
         cpu.append(time.process_time() - c)
     print(f"measure_sources: best {min(times):.2f} s wall, {min(cpu):.2f} s CPU, of "
           f"{[round(v, 2) for v in times]} ({table.num_rows} rows, {table.num_columns} columns)")
+    for label, kw in (("no segmentation/blends", {}),
+                      ("radii <= 17 px only", dict(kwargs, config=MeasurementConfig(
+                          radii=(3.0, 4.5, 6.0, 9.0, 12.0, 17.0))))):
+        t, c = time.perf_counter(), time.process_time()
+        measure_sources(*args, **kw)
+        print(f"measure_sources, {label}: {time.perf_counter() - t:.2f} s wall, "
+              f"{time.process_time() - c:.2f} s CPU")
     prof = cProfile.Profile()
     prof.enable()
     measure_sources(*args, **kwargs)
