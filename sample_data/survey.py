@@ -20,18 +20,19 @@ Everything that can be checked is checked before anything is written:
 preset and visit count, the configuration, the reference-catalog coverage
 of every visit, the run and chain names (none may exist), and existing
 dimension records (identical ones, e.g. from an interrupted run with the
-same seed, are reused; different ones are an error).  Images are written
-with ``put_many`` per visit (or smaller batches for big detectors); if
-anything fails afterwards, the runs created so far are removed, so no
+same seed, are reused; different ones are an error).  Image files are
+written atomically by the rendering workers and registered by the parent
+with one ``register_files`` commit per visit; if anything fails, the runs
+created so far are removed and unregistered image files deleted, so no
 dataset of a half-simulated survey stays registered.  Dimension records
 inserted before the failure stay (the store cannot delete them); they are
 reused by a retry with the same seed.
 
 Speed
 -----
-Detector-visits are rendered in a pool of ``n_workers`` processes (forked
-where the platform allows, so they inherit the plan) while the parent writes
-files; the pixels do not depend on the number of workers.
+Detector-visits are rendered and written in a pool of ``n_workers``
+processes (forked where the platform allows, so they inherit the plan) while
+the parent registers them; the files do not depend on the number of workers.
 """
 
 from __future__ import annotations
@@ -69,10 +70,6 @@ DATASET_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
     "truth_psf_grid": (("instrument", "visit"), "ArrowTable"),
     "truth_artefact": (("instrument", "visit"), "ArrowTable"),
 }
-
-# Largest batch of images held in memory before a put_many, bytes.
-_MAX_BATCH_BYTES = 1_500_000_000
-
 
 @dataclass(frozen=True)
 class RunNames:
@@ -120,34 +117,63 @@ class SurveyResult:
 
 
 # -- worker side ----------------------------------------------------------------------------
-_PLAN: SurveyPlan | None = None
+@dataclass(frozen=True)
+class _Job:
+    """What a rendering worker needs besides the task: the plan and where to write."""
+
+    plan: SurveyPlan
+    root: Path
+    run: str
+    durable: bool
 
 
-def _init_worker(plan: SurveyPlan) -> None:
-    global _PLAN
-    _PLAN = plan
+_JOB: _Job | None = None
 
 
-def _render_task(task: tuple[int, int], plan: SurveyPlan | None = None):
-    """Render one detector-visit and its truth rows (runs in a worker or in-process)."""
-    plan = plan if plan is not None else _PLAN
+def _init_worker(job: _Job) -> None:
+    global _JOB
+    _JOB = job
+
+
+def _image_path(plan: SurveyPlan, run: str, visit_index: int, detector: int) -> tuple[dict, str]:
+    from store.datastore import dataset_relpath
+
+    data_id = {"instrument": plan.instrument, "visit": plan.visits[visit_index].id,
+               "detector": detector}
+    return data_id, dataset_relpath(run, "post_isr_image", data_id, ".fits")
+
+
+def _render_task(task: tuple[int, int], job: _Job | None = None):
+    """Render one detector-visit, write its image file, return the file record and truth rows.
+
+    Runs in a worker (or in-process): the worker writes the file atomically
+    (as pipeline workers do) and the parent registers it.
+    """
+    from store.datastore import atomic_replace
+    from store.formats.fits import write_exposure
+
+    job = job if job is not None else _JOB
+    plan = job.plan
     visit_index, detector = task
     rendered = render_exposure(plan, visit_index, detector)
+    data_id, rel = _image_path(plan, job.run, visit_index, detector)
+    size, checksum = atomic_replace(job.root / rel,
+                                    lambda f: write_exposure(rendered.exposure, f),
+                                    durable=job.durable)
+    record = {"dataset_type": "post_isr_image", "data_id": data_id, "path": rel,
+              "size": size, "checksum": checksum}
     visit = plan.visits[visit_index]
-    # An astropy WCS does not survive pickling byte for byte (its header cards
-    # come back formatted differently), so the parent attaches the WCS.
-    rendered.exposure.wcs = None
-    return (visit_index, detector, rendered.exposure,
+    return (visit_index, detector, record,
             visit_detector_table(plan, visit, [detector]),
             psf_grid_table(plan, visit, [detector]),
             artefact_table(plan, rendered))
 
 
-def _ordered_results(plan: SurveyPlan, tasks: list[tuple[int, int]], n_workers: int):
+def _ordered_results(job: _Job, tasks: list[tuple[int, int]], n_workers: int):
     """Yield task results in task order, rendering ahead in a process pool."""
     if n_workers <= 1:
         for task in tasks:
-            yield _render_task(task, plan)
+            yield _render_task(task, job)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -157,13 +183,12 @@ def _ordered_results(plan: SurveyPlan, tasks: list[tuple[int, int]], n_workers: 
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     ctx = multiprocessing.get_context(method)
     with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(plan,)) as pool:
+                             initargs=(job,)) as pool:
         pending: deque = deque()
-        it = iter(tasks)
         try:
-            for task in it:
+            for task in tasks:
                 pending.append(pool.submit(_render_task, task))
-                if len(pending) >= 2 * n_workers:
+                if len(pending) >= 4 * n_workers:
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
@@ -381,34 +406,38 @@ def _render_and_write(repo, plan: SurveyPlan, runs: RunNames, n_workers: int,
                       progress: Callable[[int, int], None] | None, durable: bool) -> int:
     n_det = len(plan.camera.detectors)
     tasks = [(v, d) for v in range(len(plan.visits)) for d in range(n_det)]
-    det0 = plan.camera.detectors[0]
-    per_image = det0.width * det0.height * 12
-    batch_limit = max(1, _MAX_BATCH_BYTES // per_image)
+    job = _Job(plan=plan, root=Path(repo.root), run=runs.raw, durable=durable)
     inst = plan.instrument
-    images: list = []
+    records: list[dict] = []
     truth: dict[str, list[pa.Table]] = {"vd": [], "psf": [], "art": []}
     done = 0
-    for visit_index, detector, exposure, vd, psf, art in _ordered_results(plan, tasks, n_workers):
-        visit = plan.visits[visit_index]
-        exposure.wcs = plan.header_wcs(visit, detector)
-        images.append((exposure, "post_isr_image",
-                       {"instrument": inst, "visit": visit.id, "detector": detector}))
-        truth["vd"].append(vd)
-        truth["psf"].append(psf)
-        truth["art"].append(art)
-        last_of_visit = detector == n_det - 1
-        if last_of_visit or len(images) >= batch_limit:
-            repo.put_many(images, run=runs.raw, durable=durable)
-            done += len(images)
-            images = []
-            if progress is not None:
-                progress(done, len(tasks))
-        if last_of_visit:
-            did = {"instrument": inst, "visit": visit.id}
+    results = _ordered_results(job, tasks, n_workers)
+    try:
+        for visit_index, detector, record, vd, psf, art in results:
+            records.append(record)
+            truth["vd"].append(vd)
+            truth["psf"].append(psf)
+            truth["art"].append(art)
+            if detector < n_det - 1:
+                continue
+            # One registry commit per visit for its images, one for its truth.
+            repo.register_files(records, run=runs.raw)
+            done += len(records)
+            records = []
+            did = {"instrument": inst, "visit": plan.visits[visit_index].id}
             repo.put_many([
                 (pa.concat_tables(truth["vd"]), "truth_visit_detector", did),
                 (pa.concat_tables(truth["psf"]), "truth_psf_grid", did),
                 (pa.concat_tables(truth["art"]), "truth_artefact", did),
             ], run=runs.truth, durable=durable)
             truth = {"vd": [], "psf": [], "art": []}
+            if progress is not None:
+                progress(done, len(tasks))
+    except BaseException:
+        # Stop the pool (waiting for running tasks), then remove every image
+        # file this survey could have written: unregistered files are orphans.
+        results.close()
+        for v, d in tasks:
+            (job.root / _image_path(plan, runs.raw, v, d)[1]).unlink(missing_ok=True)
+        raise
     return done
