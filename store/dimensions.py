@@ -16,6 +16,7 @@ __all__ = [
     "DIMENSION_ORDER",
     "ELEMENTS",
     "REFCAT_HEALPIX_ORDER",
+    "SKYPIX_ORDER",
     "Column",
     "Element",
     "canonical_order",
@@ -24,6 +25,12 @@ __all__ = [
 #: Order (nside = 2**order, nested scheme) of the ``healpix`` dimension used to
 #: shard reference catalogs.  Order 6 pixels are about 0.92 deg across.
 REFCAT_HEALPIX_ORDER = 6
+
+#: HEALPix order (nested) of the ``center_pixel`` index column of each spatial
+#: element, chosen so a pixel is about the size of a typical region: spatial
+#: queries look up the pixels within (query radius + largest region radius)
+#: and test the few candidates exactly.
+SKYPIX_ORDER: dict[str, int] = {"visit": 5, "visit_detector_region": 8, "tract": 4, "patch": 8}
 
 
 @dataclass(frozen=True)

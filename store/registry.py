@@ -15,11 +15,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 
 from .connection import ConnectionManager
-from .dimensions import ELEMENTS, KEY_TYPES, Element
+from .dimensions import ELEMENTS, KEY_TYPES, SKYPIX_ORDER, Element
 from .errors import (
     CollectionError,
     ConflictingDefinitionError,
@@ -31,7 +32,7 @@ from .errors import (
 )
 from .refs import DatasetType
 from .schema import DATA_ID_COLUMNS, MIGRATIONS, SCHEMA_VERSION
-from .sphgeom import ConvexPolygon, radec_to_xyz
+from .sphgeom import ConvexPolygon, radec_to_xyz, xyz_to_radec
 
 __all__ = ["Registry", "region_columns"]
 
@@ -54,7 +55,7 @@ def used_params(sql: str, bind: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in bind.items() if k in names}
 
 
-def region_columns(regions: Sequence[Any]) -> dict[str, list]:
+def region_columns(regions: Sequence[Any], order: int | None = None) -> dict[str, list]:
     """Polygon and bounding-cap columns for a list of regions (vectorised).
 
     Parameters
@@ -68,11 +69,24 @@ def region_columns(regions: Sequence[Any]) -> dict[str, list]:
     dict
         ``region_ra``/``region_dec`` vertex lists (counter-clockwise seen from
         outside the sphere) and the bounding cap ``bc_x, bc_y, bc_z`` (unit
-        vector) and ``bc_radius`` (degrees) used to prefilter spatial queries.
+        vector) and ``bc_radius`` (degrees) used to prefilter spatial queries,
+        and ``center_pixel``, the nested HEALPix pixel (at ``order``) holding
+        the cap centre, which spatial queries look up.
     """
     n = len(regions)
-    out: dict[str, list] = {k: [None] * n for k in
-                            ("region_ra", "region_dec", "bc_x", "bc_y", "bc_z", "bc_radius")}
+    names = ("region_ra", "region_dec", "bc_x", "bc_y", "bc_z", "bc_radius", "center_pixel")
+    # Fast path: every region is an array of the same shape (bulk inserts).
+    try:
+        stacked = np.asarray(regions, dtype=float)
+    except (ValueError, TypeError):
+        stacked = None
+    if stacked is not None and stacked.ndim == 3 and stacked.shape[2] == 2 and n:
+        if stacked.shape[1] < 3:
+            raise DataIdError(f"a region needs >= 3 vertices, got {stacked.shape[1]}")
+        if not np.all(np.isfinite(stacked)):
+            raise DataIdError("region vertices must be finite")
+        return _cap_arrow(stacked, order)
+    out: dict[str, list] = {k: [None] * n for k in names}
     groups: dict[int, list[int]] = {}
     arrays: list[np.ndarray | None] = [None] * n
     for i, region in enumerate(regions):
@@ -88,22 +102,85 @@ def region_columns(regions: Sequence[Any]) -> dict[str, list]:
         arrays[i] = arr
         groups.setdefault(arr.shape[0], []).append(i)
     for idx in groups.values():
-        radec = np.stack([arrays[i] for i in idx])                      # (m, k, 2)
-        v = radec_to_xyz(radec[..., 0], radec[..., 1])                  # (m, k, 3)
-        centre = v.sum(axis=1)
-        normals = np.cross(v, np.roll(v, -1, axis=1))
-        flip = np.einsum("mkj,mj->m", normals, centre) < 0
-        radec[flip] = radec[flip, ::-1]
-        centre /= np.linalg.norm(centre, axis=1, keepdims=True)
-        cosang = np.clip(np.einsum("mkj,mj->mk", v, centre), -1.0, 1.0)
-        radius = np.degrees(np.arccos(cosang.min(axis=1))) * (1 + 1e-9) + 1e-12
-        ras, decs = radec[..., 0].tolist(), radec[..., 1].tolist()
-        for j, i in enumerate(idx):
-            out["region_ra"][i] = ras[j]
-            out["region_dec"][i] = decs[j]
-            out["bc_x"][i], out["bc_y"][i], out["bc_z"][i] = (float(c) for c in centre[j])
-            out["bc_radius"][i] = float(radius[j])
+        columns = _cap_columns(np.stack([arrays[i] for i in idx]), order)
+        for name, values in zip(names, columns, strict=True):
+            for j, i in enumerate(idx):
+                out[name][i] = values[j]
     return out
+
+
+def _cap_arrow(radec: np.ndarray, order: int | None) -> dict[str, pa.Array]:
+    """:func:`_cap_columns` for a regular ``(m, k, 2)`` stack, as Arrow arrays (no lists)."""
+    m, k, _ = radec.shape
+    ra, dec, bx, by, bz, radius, pixels = _cap_numpy(radec, order)
+    offsets = pa.array(np.arange(0, m * k + 1, k, dtype=np.int32))
+    return {
+        "region_ra": pa.ListArray.from_arrays(offsets, pa.array(ra.ravel())),
+        "region_dec": pa.ListArray.from_arrays(offsets, pa.array(dec.ravel())),
+        "bc_x": pa.array(bx), "bc_y": pa.array(by), "bc_z": pa.array(bz),
+        "bc_radius": pa.array(radius),
+        "center_pixel": pa.array(pixels, type=pa.int64()) if pixels is not None
+        else pa.nulls(m, pa.int64()),
+    }
+
+
+def _cap_numpy(radec: np.ndarray, order: int | None):
+    """Oriented vertices, cap centre, radius (deg) and centre pixel of ``(m, k, 2)`` regions."""
+    radec = radec.copy()
+    v = radec_to_xyz(radec[..., 0], radec[..., 1])                      # (m, k, 3)
+    centre = v.sum(axis=1)
+    # Convex polygons turn one way: the first edge's normal gives the winding.
+    first = np.cross(v[:, 0], v[:, 1])
+    flip = np.einsum("mj,mj->m", first, centre) < 0
+    radec[flip] = radec[flip, ::-1]
+    centre /= np.linalg.norm(centre, axis=1, keepdims=True)
+    cosang = np.clip(np.einsum("mkj,mj->mk", v, centre), -1.0, 1.0)
+    radius = np.degrees(np.arccos(cosang.min(axis=1))) * (1 + 1e-9) + 1e-12
+    pixels = center_pixels(centre, order) if order is not None else None
+    return (radec[..., 0], radec[..., 1], centre[:, 0], centre[:, 1], centre[:, 2], radius,
+            pixels)
+
+
+def _cap_columns(radec: np.ndarray, order: int | None) -> tuple[list, ...]:
+    """Oriented vertex lists, bounding caps and centre pixels of ``(m, k, 2)`` regions."""
+    ra, dec, bx, by, bz, radius, pixels = _cap_numpy(radec, order)
+    return (ra.tolist(), dec.tolist(), bx.tolist(), by.tolist(), bz.tolist(), radius.tolist(),
+            pixels.tolist() if pixels is not None else [None] * len(radec))
+
+
+def center_pixels(xyz: np.ndarray, order: int) -> np.ndarray:
+    """Nested HEALPix pixels (at ``order``) of unit vectors ``(n, 3)``."""
+    import astropy.units as u
+    from astropy_healpix import HEALPix
+
+    ra, dec = xyz_to_radec(xyz)
+    hp = HEALPix(nside=2**order, order="nested")
+    return np.asarray(hp.lonlat_to_healpix(ra * u.deg, dec * u.deg), dtype=np.int64)
+
+
+def query_pixels(ra: float, dec: float, radius_deg: float, order: int) -> list[int]:
+    """Pixels (at ``order``) whose centre-containing caps could lie within ``radius_deg``.
+
+    The cone is widened by the pixel's circumradius so pixels that merely
+    touch it are included.
+    """
+    import astropy.units as u
+    from astropy_healpix import HEALPix
+
+    hp = HEALPix(nside=2**order, order="nested")
+    pixel_radius = 1.1 * np.degrees(np.sqrt(4 * np.pi / hp.npix))  # > circumradius
+    radius = min(radius_deg + pixel_radius, 180.0)
+    return [int(p) for p in hp.cone_search_lonlat(ra * u.deg, dec * u.deg, radius * u.deg)]
+
+
+def _region_array(column) -> Any:
+    """An Arrow list-of-(ra, dec) column as an ``(n, k, 2)`` array when regular."""
+    try:
+        flat = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        inner = flat.flatten().flatten().to_numpy(zero_copy_only=False)
+        return inner.reshape(len(flat), -1, 2)
+    except (ValueError, AttributeError, pa.ArrowInvalid):
+        return column.to_pylist()
 
 
 def _records_to_arrow(element: Element, records: Any) -> pa.Table:
@@ -122,14 +199,17 @@ def _records_to_arrow(element: Element, records: Any) -> pa.Table:
         cols = {k: [rec.get(k) for rec in records] for k in keys}
     else:
         table = as_arrow(records)
-        cols = {name: table.column(name).to_pylist() for name in table.column_names}
+        cols = {name: table.column(name) for name in table.column_names}
+        if "region" in cols:
+            cols["region"] = _region_array(cols["region"])
     if "region" in cols:
         if not element.spatial:
             raise DataIdError(f"dimension {element.name!r} has no region")
-        cols.update(region_columns(cols.pop("region")))
+        cols.update(region_columns(cols.pop("region"), SKYPIX_ORDER.get(element.name)))
     allowed = set(element.primary_key) | set(element.implied) | {c.name for c in element.columns}
     if element.spatial:
-        allowed |= {"region_ra", "region_dec", "bc_x", "bc_y", "bc_z", "bc_radius"}
+        allowed |= {"region_ra", "region_dec", "bc_x", "bc_y", "bc_z", "bc_radius",
+                    "center_pixel"}
     unknown = sorted(set(cols) - allowed)
     if unknown:
         raise DataIdError(
@@ -140,18 +220,26 @@ def _records_to_arrow(element: Element, records: Any) -> pa.Table:
     if missing:
         raise DataIdError(f"{element.name} records lack key column(s) {', '.join(missing)}")
     for k in element.primary_key:
-        if any(v is None for v in cols[k]):
+        values = cols[k]
+        nulls = values.null_count if isinstance(values, pa.ChunkedArray | pa.Array) else \
+            sum(v is None for v in values)
+        if nulls:
             raise DataIdError(f"{element.name} records have a null {k!r}")
     types = {c.name: c.sql_type for c in element.columns}
     types.update(KEY_TYPES)
     arrays = {}
     for k, values in cols.items():
-        kind = types.get(k, "DOUBLE[]" if k.startswith("region_") else "DOUBLE")
+        kind = types.get(k, "DOUBLE[]" if k.startswith("region_") else
+                         "BIGINT" if k == "center_pixel" else "DOUBLE")
         arrow_type = {"INTEGER": pa.int32(), "BIGINT": pa.int64(), "DOUBLE": pa.float64(),
                       "VARCHAR": pa.string(), "DOUBLE[]": pa.list_(pa.float64())}[kind]
         try:
-            arrays[k] = pa.array(values, type=arrow_type)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as err:
+            if isinstance(values, pa.ChunkedArray | pa.Array):
+                arrays[k] = values.cast(arrow_type)
+            else:
+                arrays[k] = pa.array(values, type=arrow_type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError,
+                TypeError) as err:
             raise DataIdError(f"{element.name}.{k}: values do not fit {kind} ({err})") from None
     return pa.table(arrays)
 
@@ -212,12 +300,6 @@ class Registry:
         keys = list(element.primary_key)
         with self._write() as con:
             con.register("_new_records", table)
-            dup = con.execute(
-                f"SELECT count(*) - count(DISTINCT ({', '.join(keys)})) FROM _new_records"
-            ).fetchall()[0][0]
-            if dup:
-                raise ConflictingDefinitionError(
-                    f"{dup} duplicate {element.name} key(s) within the inserted records")
             self._check_references(con, element, "_new_records")
             if replace:
                 on_conflict = "ON CONFLICT DO UPDATE SET " + ", ".join(
@@ -226,24 +308,19 @@ class Registry:
             elif skip_existing:
                 on_conflict = "ON CONFLICT DO NOTHING"
             else:
-                existing = _first(con.execute(
-                    f"SELECT {', '.join(keys)} FROM _new_records SEMI JOIN {element.name} "
-                    f"USING ({', '.join(keys)}) LIMIT 1"
-                ).fetchall())
-                if existing:
-                    raise ConflictingDefinitionError(
-                        f"{element.name} record {dict(zip(keys, existing, strict=True))} "
-                        "already exists (use skip_existing=True or replace=True)"
-                    )
                 on_conflict = ""
             cols = ", ".join(table.column_names)
-            before = con.execute(f"SELECT count(*) FROM {element.name}").fetchall()[0][0]
-            con.execute(
-                f"INSERT INTO {element.name} ({cols}) SELECT {cols} FROM _new_records {on_conflict}"
-            )
-            after = con.execute(f"SELECT count(*) FROM {element.name}").fetchall()[0][0]
+            try:
+                # The primary key rejects duplicates, within the batch or with existing rows.
+                inserted = con.execute(
+                    f"INSERT INTO {element.name} ({cols}) SELECT {cols} FROM _new_records "
+                    f"{on_conflict}").fetchall()[0][0]
+            except duckdb.ConstraintException as err:
+                raise ConflictingDefinitionError(
+                    f"{element.name} record already exists or is repeated ({_first_line(err)}); "
+                    "use skip_existing=True or replace=True") from None
             con.unregister("_new_records")
-        return after - before if not replace else table.num_rows
+        return int(inserted) if not replace else table.num_rows
 
     def _check_references(self, con, element: Element, source: str) -> None:
         """Every required/implied dimension value of new records must exist."""
@@ -541,6 +618,9 @@ class Registry:
                 f"WHERE dataset_type = '{name}')")
             con.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT * EXCLUDE (_dataset_id, _run) '
                         f"FROM ds_{name}{where}")
+        from .rubin_tables import refresh_rubin_views
+
+        refresh_rubin_views(con)  # Visit, CcdVisit, Source... under Rubin's names
 
     # -- datasets -------------------------------------------------------------------------
     def expand_data_ids(self, dataset_type: DatasetType, data_ids: list[dict]) -> pa.Table:

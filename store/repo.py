@@ -47,11 +47,11 @@ from .errors import (
     RepositoryNotFoundError,
 )
 from .formats import get_storage_class
-from .formats.parquet import as_arrow, column_units
+from .formats.parquet import as_arrow, column_units, sql_excluded_columns
 from .refs import DatasetQueryResult, DatasetRef, DatasetType, data_id_key, normalize_data_id
 from .registry import Registry, used_params
 from .schema import DATA_ID_COLUMNS
-from .sphgeom import Circle, ConvexPolygon, radec_to_xyz
+from .sphgeom import Circle, ConvexPolygon
 
 __all__ = ["REGISTRY_FILE", "Repo", "VerifyReport"]
 
@@ -348,7 +348,7 @@ class Repo:
     def _sql_rows(table: pa.Table, dt: DatasetType, did: dict, ref_id: uuid.UUID,
                   run: str) -> pa.Table:
         n = table.num_rows
-        out = table
+        out = table.drop_columns(sql_excluded_columns(table))  # large blobs stay in the file
         for key, value in did.items():
             if key not in out.column_names:
                 out = out.append_column(key, pa.array([value] * n))
@@ -593,15 +593,10 @@ class Repo:
         runs = self.registry.flatten(collections)
         if not runs:
             return DatasetQueryResult(pa.table({"id": []}), {})
-        joins, spatial = self._joins(dt, where or "", region is not None)
+        joins = self._joins(dt, where or "")
         run_params = {f"_r{i}": r for i, r in enumerate(runs)}
         rank = " ".join(f"WHEN ${k} THEN {i}" for i, k in enumerate(run_params))
-        region_cols = ""
-        if spatial and region is not None:
-            region_cols = "".join(
-                f", COALESCE({', '.join(f'{s}.{c}' for s in spatial)}) AS _{c}"
-                for c in ("region_ra", "region_dec", "bc_x", "bc_y", "bc_z", "bc_radius"))
-        sql = (f"SELECT d.*, CASE d.run {rank} END AS _rank{region_cols}"
+        sql = (f"SELECT d.*, CASE d.run {rank} END AS _rank"
                + f" FROM dataset d {joins} WHERE d.dataset_type = $_type AND d.run IN "
                f"({', '.join('$' + k for k in run_params)})")
         if where:
@@ -621,15 +616,46 @@ class Repo:
             raise InvalidQueryError(
                 f"bad where clause {where!r}: {str(err).strip().splitlines()[0]}") from None
         if region is not None:
-            if not spatial:
-                raise DrpError(f"dataset type {dt.name} has no spatial dimension for a region")
-            table = self._spatial_filter(table, region)
+            table = self._spatial_filter(table, region, self._spatial_element(dt))
+        elif "_rank" in table.column_names:
+            table = table.drop_columns(["_rank"])
         return DatasetQueryResult(table, {dt.name: dt.dimensions})
 
+    def _spatial_element(self, dt: DatasetType) -> str:
+        """The most specific spatial element of a dataset type that has records.
+
+        A dataset with visit and detector uses its detector region when the
+        registry holds detector regions, else its visit's region.
+        """
+        dims = set(dt.dimensions)
+        options = []
+        if {"visit", "detector"} <= dims:
+            options.append("visit_detector_region")
+        options += [e for e in ("visit", "patch", "tract") if e in dims]
+        if not options:
+            raise DrpError(f"dataset type {dt.name} has no spatial dimension for a region")
+        for element in options:
+            if self._element_stats(element)["n"] > 0:
+                return element
+        return options[-1]
+
+    def _element_stats(self, element: str) -> dict[str, float]:
+        """Row count and largest region radius of a spatial element (cached per commit)."""
+        stamp = self.registry._stamp()
+        cache = getattr(self, "_stats_cache", {})
+        hit = cache.get(element)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        row = self.registry.query(
+            f"SELECT count(*) AS n, max(bc_radius) AS r FROM {element}").to_pylist()[0]
+        stats = {"n": row["n"], "max_radius": row["r"] or 0.0}
+        cache[element] = (stamp, stats)
+        self._stats_cache = cache
+        return stats
+
     @staticmethod
-    def _joins(dt: DatasetType, where: str, spatial_needed: bool) -> tuple[str, list[str]]:
-        """LEFT JOINs exposing the dimension-record columns the query uses, and the
-        spatial elements (most specific first).
+    def _joins(dt: DatasetType, where: str) -> str:
+        """LEFT JOINs exposing the dimension-record columns the query uses.
 
         Only elements whose name or columns appear in ``where`` are joined:
         the joins cost more than the rest of a typical query.
@@ -643,52 +669,60 @@ class Repo:
         if {"visit", "detector"} <= dims:
             candidates.append(ELEMENTS["visit_detector_region"])
         elements = [e for e in candidates
-                    if (spatial_needed and e.spatial) or e.name in words
-                    or any(c.name in words for c in e.columns)]
+                    if e.name in words or any(c.name in words for c in e.columns)]
         joins = []
         for element in elements:
             own = set(element.primary_key) | set(element.implied)
             cols = [c.name for c in element.columns if c.name not in own]
-            if element.spatial:
-                cols += ["region_ra", "region_dec", "bc_x", "bc_y", "bc_z", "bc_radius"]
             alias = element.name
             keysel = ", ".join(f"{k} AS _k_{k}" for k in element.primary_key)
             colsel = ", ".join(cols)
             inner = f"SELECT {keysel}{', ' if colsel else ''}{colsel} FROM {element.name}"
             cond = " AND ".join(f"{alias}._k_{k} = d.{k}" for k in element.primary_key)
             joins.append(f"LEFT JOIN ({inner}) AS {alias} ON {cond}")
-        present = {e.name for e in elements}
-        spatial = [n for n in ("visit_detector_region", "visit", "patch", "tract") if n in present]
-        return " ".join(joins), spatial
+        return " ".join(joins)
 
-    @staticmethod
-    def _spatial_filter(table: pa.Table, region) -> pa.Table:
+    def _spatial_filter(self, table: pa.Table, region, element: str) -> pa.Table:
+        """Keep datasets whose ``element`` region meets ``region`` (exact on the sphere).
+
+        Candidates come from the ``center_pixel`` index (pixels within the query
+        radius plus the element's largest region radius); only they are tested
+        exactly.
+        """
+        from .dimensions import ELEMENTS, SKYPIX_ORDER
+        from .registry import query_pixels
+
+        drop = [c for c in table.column_names if c.startswith("_")]
         if table.num_rows == 0:
-            return table.drop_columns([c for c in table.column_names if c.startswith("_")])
+            return table.drop_columns(drop)
         if isinstance(region, tuple):
             shape: Circle | ConvexPolygon = Circle(float(region[0]), float(region[1]), 0.0)
         else:
             shape = region
         cap = shape if isinstance(shape, Circle) else shape.bounding_circle()
-        q = radec_to_xyz(cap.ra, cap.dec)
-        bc = np.column_stack([np.asarray(table.column(c).to_numpy(zero_copy_only=False),
-                                         dtype=float) for c in ("_bc_x", "_bc_y", "_bc_z")])
-        radius = np.asarray(table.column("_bc_radius").to_numpy(zero_copy_only=False), float)
-        with np.errstate(invalid="ignore"):
-            sep = np.degrees(np.arccos(np.clip(bc @ q, -1.0, 1.0)))
-            candidate = np.nan_to_num(sep, nan=np.inf) <= radius + cap.radius + 1e-9
-        keep = np.zeros(table.num_rows, dtype=bool)
-        ras = table.column("_region_ra").to_pylist()
-        decs = table.column("_region_dec").to_pylist()
-        for i in np.flatnonzero(candidate):  # exact test on the few candidates
-            poly = ConvexPolygon(ras[i], decs[i])
+        stats = self._element_stats(element)
+        pixels = query_pixels(cap.ra, cap.dec, cap.radius + stats["max_radius"],
+                              SKYPIX_ORDER[element])
+        keys = list(ELEMENTS[element].primary_key)
+        params = {f"p{i}": p for i, p in enumerate(pixels)}
+        found = self.registry.query(
+            f"SELECT {', '.join(keys)}, region_ra, region_dec FROM {element} WHERE center_pixel "
+            f"IN ({', '.join('$' + k for k in params)})", params).to_pylist() if pixels else []
+        polygons = {}
+        for row in found:
+            if not row["region_ra"]:
+                continue
+            poly = ConvexPolygon(row["region_ra"], row["region_dec"])
             if isinstance(shape, Circle):
-                keep[i] = (bool(poly.contains(shape.ra, shape.dec)) if shape.radius == 0
-                           else poly.overlaps_circle(shape))
+                hit = (bool(poly.contains(shape.ra, shape.dec)) if shape.radius == 0
+                       else poly.overlaps_circle(shape))
             else:
-                keep[i] = poly.overlaps(shape)
-        table = table.filter(pa.array(keep))
-        return table.drop_columns([c for c in table.column_names if c.startswith("_")])
+                hit = poly.overlaps(shape)
+            if hit:
+                polygons[tuple(row[k] for k in keys)] = True
+        columns = [table.column(k).to_pylist() for k in keys]
+        keep = [tuple(vals) in polygons for vals in zip(*columns, strict=True)]
+        return table.filter(pa.array(keep, type=pa.bool_())).drop_columns(drop)
 
     # -- SQL ------------------------------------------------------------------------------
     def sql(self, query: str, bind: Mapping[str, Any] | None = None, *,

@@ -33,6 +33,7 @@ class Table:
 _SPATIAL_COLUMNS = (
     ("region_ra", "DOUBLE[]"), ("region_dec", "DOUBLE[]"),
     ("bc_x", "DOUBLE"), ("bc_y", "DOUBLE"), ("bc_z", "DOUBLE"), ("bc_radius", "DOUBLE"),
+    ("center_pixel", "BIGINT"),
 )
 
 #: Columns of the ``dataset`` table that hold data-ID values.

@@ -58,6 +58,9 @@ def run_query(con: duckdb.DuckDBPyConnection, query: str, bind: Mapping[str, Any
         if _adql_install is not None:
             _adql_install(con)
     check_read_only(sql)
+    from .rubin_tables import use_rubin_tables
+
+    use_rubin_tables(con)  # `Visit`, `Source`... are the Rubin-named views
     try:
         return con.sql(sql, params=used_params(sql, bind) or None).to_arrow_table()
     except duckdb.Error as err:

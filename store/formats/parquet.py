@@ -16,7 +16,21 @@ import pyarrow.parquet as pq
 
 from ..errors import FormatError
 
-__all__ = ["as_arrow", "column_units", "read_table", "with_units", "write_table"]
+__all__ = [
+    "SQL_EXCLUDE_KEY",
+    "as_arrow",
+    "column_units",
+    "exclude_from_sql",
+    "read_table",
+    "sql_excluded_columns",
+    "with_units",
+    "write_table",
+]
+
+#: Field-metadata key marking a column that stays in the Parquet file but is
+#: left out of the dataset type's SQL copy in ``registry.duckdb`` (serialised
+#: models such as a visit summary's PSF or WCS: large, and useless to SQL).
+SQL_EXCLUDE_KEY = b"drp_sql_exclude"
 
 
 def as_arrow(table: Any) -> pa.Table:
@@ -84,6 +98,25 @@ def column_units(table: pa.Table) -> dict[str, str]:
         if f.metadata and b"unit" in f.metadata:
             out[f.name] = f.metadata[b"unit"].decode()
     return out
+
+
+def exclude_from_sql(table: pa.Table, names) -> pa.Table:
+    """Mark columns of ``table`` to be left out of its SQL copy (see :data:`SQL_EXCLUDE_KEY`).
+
+    Unknown names are an error naming them; the file keeps every column.
+    """
+    names = set(names)
+    unknown = sorted(names - set(table.column_names))
+    if unknown:
+        raise KeyError(f"no column(s) {unknown} to exclude from SQL")
+    fields = [f.with_metadata({**(f.metadata or {}), SQL_EXCLUDE_KEY: b"1"})
+              if f.name in names else f for f in table.schema]
+    return table.cast(pa.schema(fields, metadata=table.schema.metadata))
+
+
+def sql_excluded_columns(table: pa.Table) -> list[str]:
+    """Names of the columns marked by :func:`exclude_from_sql`."""
+    return [f.name for f in table.schema if f.metadata and SQL_EXCLUDE_KEY in f.metadata]
 
 
 def write_table(table: Any, fileobj) -> None:
