@@ -15,8 +15,10 @@ Galaxies
     points per pixel (9x9 in the central 3x3 pixels, where the cusp of
     high-index profiles is), normalised so the stamp holds exactly the
     catalog flux, then convolved (FFT, batched per stamp size) with the
-    point-sampled PSF *at the galaxy's position*, cut at 3 Moffat core radii
-    and renormalised (the pixel response is already in the averaged galaxy).
+    point-sampled PSF at the centre of the galaxy's 2 mm (200 pixel)
+    focal-plane cell (within 0.4 % of the PSF at its position), cut at 3
+    Moffat core radii and renormalised (the pixel response is already in the
+    averaged galaxy).
     Peak errors are < 0.2 % against fine sampling; fluxes are exact.
 """
 
@@ -28,6 +30,9 @@ from .psf import PsfField, moffat_moment_ratio, moffat_pixels
 
 __all__ = ["render_galaxies", "render_point_sources", "sersic_b"]
 
+# Galaxies are convolved with the PSF at the centre of their 2 mm (200 pixel)
+# focal-plane cell: the PSF size changes by < 0.4 % across a cell.
+_PSF_CELL_MM = 2.0
 _STAMP_TIERS = np.array([3, 4, 6, 8, 11, 16, 22, 32, 45, 64, 90, 128, 180])
 _CHUNK_PIXELS = 2_000_000
 
@@ -120,15 +125,20 @@ def _sersic_sum(u0, v0, shape_args, sub: int):
     a per-galaxy constant.  float32 keeps this hot loop fast (1e-7 relative).
     """
     c, s, b, half_inv_n, inv_re, inv_q, trunc2 = shape_args
+    t = (np.arange(sub) + 0.5) / sub - 0.5
+    ox, oy = (a.ravel() for a in np.meshgrid(t, t))
+    # Shifts of (u, v) for every sub-pixel point and galaxy: (sub^2, m, 1, 1).
+    du = ((ox[:, None, None, None] * c + oy[:, None, None, None] * s) * inv_re).astype(np.float32)
+    dv = ((oy[:, None, None, None] * c - ox[:, None, None, None] * s)
+          * (inv_re * inv_q)).astype(np.float32)
     out = np.zeros(np.broadcast_shapes(u0.shape, v0.shape), dtype=np.float32)
-    for oy in (np.arange(sub) + 0.5) / sub - 0.5:
-        for ox in (np.arange(sub) + 0.5) / sub - 0.5:
-            u = u0 + ((ox * c + oy * s) * inv_re).astype(np.float32)
-            v = v0 + ((oy * c - ox * s) * inv_re * inv_q).astype(np.float32)
-            r2 = u * u + v * v
-            val = np.exp(b - b * r2**half_inv_n)
-            val[r2 > trunc2] = 0.0
-            out += val
+    for k in range(ox.size):
+        u = u0 + du[k]
+        v = v0 + dv[k]
+        r2 = u * u + v * v
+        val = np.exp(b - b * r2**half_inv_n)
+        val[r2 > trunc2] = 0.0
+        out += val
     return out / np.float32(sub * sub)
 
 
@@ -153,7 +163,8 @@ def _sersic_stamps(dx, dy, n, re, q, theta, truncation):
     core = slice(h - 1, h + 2)
     img[:, core, core] = _sersic_sum(u0[:, core, core], v0[:, core, core], args, 9)
     total = img.sum(axis=(1, 2), dtype=np.float64, keepdims=True)
-    return img / np.where(total > 0, total, 1.0)
+    img /= np.where(total > 0, total, 1.0).astype(np.float32)
+    return img
 
 
 def render_galaxies(image: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.ndarray,
@@ -189,7 +200,12 @@ def render_galaxies(image: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.nd
 
     if x.size == 0:
         return
-    mxx, myy, mxy = psf.moments(fp_x, fp_y)
+    # The PSF of each galaxy is the one at the centre of its focal-plane cell.
+    cell_x = np.floor(fp_x / _PSF_CELL_MM).astype(np.int64)
+    cell_y = np.floor(fp_y / _PSF_CELL_MM).astype(np.int64)
+    cells, cell_of = np.unique(np.stack([cell_x, cell_y]), axis=1, return_inverse=True)
+    cell_of = cell_of.ravel()
+    mxx, myy, mxy = psf.moments((cells[0] + 0.5) * _PSF_CELL_MM, (cells[1] + 0.5) * _PSF_CELL_MM)
     c = moffat_moment_ratio(psf.beta)
     alpha_major = np.sqrt(np.maximum(mxx, myy) / c)
     # PSF kernel half-width: 3 core radii hold 99.7 % of a beta = 3.5 Moffat; the
@@ -201,24 +217,25 @@ def render_galaxies(image: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.nd
     order = np.lexsort((ix, iy))
     order = order[_overlaps(image.shape, ix[order], iy[order], gal_half[order] + hp)]
     poffs = np.arange(-hp, hp + 1, dtype=float)
+    kernels = moffat_pixels(poffs[None, None, :], poffs[None, :, None], mxx[:, None, None],
+                            myy[:, None, None], mxy[:, None, None], psf.beta, n_gauss=1)
+    kernels = (kernels / kernels.sum(axis=(1, 2), keepdims=True)).astype(np.float32)
     for h in np.unique(gal_half[order]):
         members = order[gal_half[order] == h]
         offs = np.arange(-h, h + 1, dtype=float)
         k_out = 2 * (h + hp) + 1
+        size = next_fast_len(k_out, real=True)
+        used = np.unique(cell_of[members])
+        kspec = rfft2(kernels[used], s=(size, size), axes=(1, 2))
         for part in _chunks(members.size, k_out):
             s = members[part]
             dx = (ix[s, None] + offs - x[s, None])[:, None, :]
             dy = (iy[s, None] + offs - y[s, None])[:, :, None]
             gal = _sersic_stamps(dx, dy, sersic_n[s], re_px[s], axis_ratio[s], theta[s],
                                  truncation)
-            kern = moffat_pixels(poffs[None, None, :], poffs[None, :, None],
-                                 mxx[s, None, None], myy[s, None, None], mxy[s, None, None],
-                                 psf.beta, n_gauss=1)
-            kern /= kern.sum(axis=(1, 2), keepdims=True)
             # Batched FFT convolution in float32 (errors ~1e-7 of the peak).
-            size = next_fast_len(k_out, real=True)
-            spec = rfft2(gal.astype(np.float32), s=(size, size), axes=(1, 2))
-            spec *= rfft2(kern.astype(np.float32), s=(size, size), axes=(1, 2))
+            spec = rfft2(gal, s=(size, size), axes=(1, 2))
+            spec *= kspec[np.searchsorted(used, cell_of[s])]
             conv = irfft2(spec, s=(size, size), axes=(1, 2))[:, :k_out, :k_out]
             conv = conv * flux[s, None, None]
             _add_stamps(image, ix[s], iy[s], int(h + hp), conv)
