@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ __all__ = [
     "checksum_file",
     "dataset_relpath",
     "fsync_directory",
+    "serialize",
     "transfer_file",
     "verify_file",
 ]
@@ -140,6 +142,13 @@ def fsync_directory(path: Path) -> None:
             os.close(fd)
 
 
+def serialize(write: Callable[[Any], None]) -> memoryview:
+    """Run a serialiser into memory and return the bytes."""
+    buffer = io.BytesIO()
+    write(buffer)
+    return buffer.getbuffer()
+
+
 def _syncfs(path: Path) -> bool:
     """Flush the whole filesystem holding ``path`` (Linux ``syncfs``); False if unavailable."""
     import ctypes
@@ -177,18 +186,30 @@ class BatchWriter:
         self.durable = durable
         self._pending: list[tuple[Path, Path]] = []
         self._done: list[Path] = []
+        self._dirs: set[Path] = set()
 
     def write(self, path: Path, write: Callable[[Any], None]) -> tuple[int, str]:
-        """Write ``path`` through ``write(fileobj)`` to a temporary name; (size, checksum)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write ``path`` through ``write(fileobj)`` to a temporary name; (size, checksum).
+
+        The object is serialised in memory first, then hashed and written with
+        one system call (serialisers write many small chunks).
+        """
+        return self.write_bytes(path, serialize(write))
+
+    def write_bytes(self, path: Path, data: bytes | memoryview) -> tuple[int, str]:
+        """Write already serialised bytes to a temporary name; (size, checksum)."""
+        directory = path.parent
+        if directory not in self._dirs:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(directory)
         if path.exists():
             raise FileExistsError(f"{path} already exists; refusing to overwrite a dataset file")
         tmp = path.with_name(f"{path.name}{TMP_MARKER}{uuid.uuid4().hex[:12]}")
         self._pending.append((tmp, path))
         with open(tmp, "wb") as raw:
-            writer = HashingWriter(raw)
-            write(writer)
-        return writer.size, writer.hexdigest()
+            raw.write(data)
+        digest = hashlib.blake2b(data, digest_size=32).hexdigest()
+        return len(data), f"{_CHECKSUM}:{digest}"
 
     def commit(self) -> list[Path]:
         """Make every written file durable under its final name; returns the paths."""

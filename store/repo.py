@@ -58,6 +58,15 @@ __all__ = ["REGISTRY_FILE", "Repo", "VerifyReport"]
 REGISTRY_FILE = "registry.duckdb"
 
 
+def _serialize_all(objects: list, storage_classes: list):
+    """Serialise objects to bytes, one at a time (threads were measured not to help:
+    small-table encoding holds the GIL)."""
+    from .datastore import serialize
+
+    for obj, sc in zip(objects, storage_classes, strict=True):
+        yield serialize(lambda f, o=obj, w=sc.write: w(o, f))
+
+
 @dataclass
 class VerifyReport:
     """What :meth:`Repo.verify` found."""
@@ -302,27 +311,29 @@ class Repo:
         refs = []
         now = _dt.datetime.now(_dt.UTC).replace(tzinfo=None)
         try:
-            for (obj, _, _), dt, did in zip(items, types, ids, strict=True):
+            objects, scs = [], []
+            for (obj, _, _), dt in zip(items, types, strict=True):
                 sc = get_storage_class(dt.storage_class)
-                if sc.is_table:
-                    obj = as_arrow(obj)
+                objects.append(as_arrow(obj) if sc.is_table else obj)
+                scs.append(sc)
+            for (obj, sc, dt, did), data in zip(
+                    zip(objects, scs, types, ids, strict=True),
+                    _serialize_all(objects, scs), strict=True):
                 rel = dataset_relpath(run, dt.name, did, sc.extension)
-                size, checksum = batch.write(self.root / rel,
-                                             lambda f, o=obj, w=sc.write: w(o, f))
+                size, checksum = batch.write_bytes(self.root / rel, data)
                 ref_id = uuid.uuid4()
                 for k, v in (("id", ref_id), ("dataset_type", dt.name), ("run", run),
                              ("data_id_key", data_id_key(did)), ("path", rel), ("size", size),
                              ("checksum", checksum), ("created", now), ("external", False)):
                     rows[k].append(v)
                 if sc.is_table:
-                    table_rows.setdefault(dt.name, []).append(
-                        self._sql_rows(obj, dt, did, ref_id, run))
+                    table_rows.setdefault(dt.name, []).append((obj, did, ref_id))
                     units.setdefault(dt.name, {}).update(column_units(obj))
                 refs.append(DatasetRef(ref_id, dt.name, did, run, rel, size, checksum))
             batch.commit()  # files durable under their final names before any row exists
             self.registry.insert_datasets(
                 self._dataset_rows(rows, expanded),
-                {k: pa.concat_tables(v, promote_options="permissive")
+                {k: self._sql_rows_batch(v, self.get_dataset_type(k), run)
                  for k, v in table_rows.items()},
                 units)
         except BaseException:
@@ -343,6 +354,22 @@ class Repo:
         for name, _ in DATA_ID_COLUMNS:
             table = table.append_column(name, expanded.column(name))
         return table
+
+    @staticmethod
+    def _sql_rows_batch(entries: list[tuple[pa.Table, dict, uuid.UUID]], dt: DatasetType,
+                        run: str) -> pa.Table:
+        """The SQL-table copy of many tables of one type: rows + data-ID columns + ids."""
+        tables = [t for t, _, _ in entries]
+        lengths = np.array([t.num_rows for t in tables])
+        out = pa.concat_tables(tables, promote_options="permissive")
+        for key in dt.dimensions:
+            if key not in out.column_names:
+                values = [did[key] for _, did, _ in entries]
+                out = out.append_column(key, pa.array(np.repeat(np.asarray(values, dtype=object),
+                                                                lengths).tolist()))
+        ids = np.repeat(np.array([str(i) for _, _, i in entries], dtype=object), lengths)
+        out = out.append_column("_dataset_id", pa.array(ids.tolist(), pa.string()))
+        return out.append_column("_run", pa.array([run] * out.num_rows, pa.string()))
 
     @staticmethod
     def _sql_rows(table: pa.Table, dt: DatasetType, did: dict, ref_id: uuid.UUID,

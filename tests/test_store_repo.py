@@ -199,7 +199,8 @@ def test_sql_tables_follow_default_collection(filled_repo):
     rows = repo.sql("SELECT visit, count(*) AS n FROM src WHERE flux = $f GROUP BY visit "
                     "ORDER BY visit", {"f": 1.0}).to_pylist()
     assert rows == [{"visit": 0, "n": 2}, {"visit": 1, "n": 2}]
-    units = repo.sql("SELECT count(*) AS n FROM column_meta").column("n")[0].as_py()
+    units = repo.sql("SELECT count(*) AS n FROM column_meta WHERE sql_table = 'src'"
+                     ).column("n")[0].as_py()
     assert units == 0
     with pytest.raises(ReadOnlyError, match="read-only"):
         repo.sql("INSERT INTO src VALUES (1)")
