@@ -269,6 +269,7 @@ class Registry:
             for version, name, migrate in MIGRATIONS:
                 migrate(con)
                 con.execute("INSERT INTO migration VALUES (?, ?, ?)", [version, name, _now()])
+            self._refresh_views(con)  # the Rubin-named views (Visit...) exist from the start
 
     def check_version(self) -> None:
         """Apply missing migrations, refuse a registry newer than this code."""
