@@ -188,12 +188,12 @@ class PsfField:
         return 2.0 * self.alpha(fx, fy) * np.sqrt(2.0 ** (1.0 / self.beta) - 1.0)
 
     def stamp_radius(self, flux_e, fx=0.0, fy=0.0) -> np.ndarray:
-        """Half-width (pixels) beyond which a source of ``flux_e`` electrons loses
-        less than ``max(0.1 sqrt(flux), 1e-3 flux)``... capped to keep stamps small.
+        """Stamp half-width (pixels) for a point source of ``flux_e`` electrons.
 
         The flux outside radius ``R`` of a Moffat is ``(1 + (R/alpha)^2)^(1 - beta)``;
-        the radius keeps the lost flux below a tenth of the photon noise and
-        below 0.3 % of the flux (using the major axis).
+        the radius keeps the flux lost beyond the stamp below
+        ``min(0.1 sqrt(flux), 0.003 flux)``: a tenth of the photon noise, and
+        never more than 0.3 % (using the major-axis core radius).
         """
         flux = np.maximum(np.asarray(flux_e, float), 1.0)
         sigma, e1, e2 = self.shape(fx, fy)

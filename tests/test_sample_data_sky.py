@@ -11,7 +11,7 @@ from scipy import stats
 from sample_data import PRESETS, SkyConfig, plan_survey
 from sample_data.camera import build_camera
 from sample_data.observing import airmass, day_obs_of, plan_visits
-from sample_data.sky import KIND_GALAXY, KIND_STAR, healpix_area_deg2, make_sky
+from sample_data.sky import KIND_GALAXY, KIND_STAR, KIND_TRANSIENT, healpix_area_deg2, make_sky
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +142,36 @@ def test_first_visits_do_not_change_with_more_visits():
         assert (a.id, a.ra, a.dec, a.seeing, a.zero_point) == (b.id, b.ra, b.dec, b.seeing,
                                                               b.zero_point)
     np.testing.assert_array_equal(short.catalog.ra[:100], longer.catalog.ra[:100])
+
+
+def test_psf_statistics_match_dp1(many_visits):
+    config, visits = many_visits
+    camera = build_camera(config.camera, np.random.default_rng(0))
+    hx, hy = camera.half_extent
+    fx, fy = np.meshgrid(np.linspace(-hx, hx, 7), np.linspace(-hy, hy, 7))
+    e, trace = [], []
+    for v in visits:
+        _, e1, e2 = v.psf.shape(fx, fy)
+        mxx, myy, _ = v.psf.moments(fx, fy)
+        e.append(np.hypot(e1, e2).mean())
+        trace.append((mxx + myy).mean())
+    # DP1: mean |e| about 0.09, mean T = Ixx + Iyy about 11.4 pixel^2 (all bands).
+    assert 0.07 < np.mean(e) < 0.11
+    assert 10.0 < np.mean(trace) < 14.0
+
+
+def test_demo_plan_has_a_ghost_and_a_transient():
+    plan = plan_survey(PRESETS["demo"], seed=1)
+    art = PRESETS["demo"].artefacts
+    ghost = plan.visits[art.ghost_visit].ghost
+    assert ghost is not None
+    star = np.flatnonzero(plan.catalog.id == ghost.star_id)[0]
+    assert plan.catalog.kind[star] == KIND_STAR
+    # The ghost sits opposite its star through the optical axis.
+    fx, fy = plan.sky_to_focal_plane(plan.visits[art.ghost_visit], plan.catalog.ra[star],
+                                     plan.catalog.dec[star])
+    np.testing.assert_allclose([ghost.x, ghost.y], [-0.9 * fx, -0.9 * fy], atol=1e-9)
+    assert sum(v.ghost is not None for v in plan.visits) == 1
+    transient = plan.catalog.kind == KIND_TRANSIENT
+    assert transient.sum() == 1
+    assert plan.catalog.visit[transient][0] == plan.visits[art.transient_visit].id
