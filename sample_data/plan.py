@@ -180,7 +180,7 @@ def _add_transient(plan: SurveyPlan) -> SurveyPlan:
     mags[visit.band] = np.array([plan.config.artefacts.transient_mag])
     nan = np.array([np.nan])
     transient = SkyCatalog(
-        id=np.array([int(cat.id.max()) + 1]), kind=np.array([KIND_TRANSIENT], np.int8),
+        id=np.array([int(cat.id.max(initial=0)) + 1]), kind=np.array([KIND_TRANSIENT], np.int8),
         ra=np.atleast_1d(ra), dec=np.atleast_1d(dec), mag=mags, sersic_n=nan,
         half_light_radius=nan, axis_ratio=nan, position_angle=nan,
         visit=np.array([visit.id], np.int64))

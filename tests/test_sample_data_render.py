@@ -284,3 +284,26 @@ def test_galaxies_are_in_the_image(starry):
     plan, r = starry
     kind = plan.catalog.kind[r.rows]
     assert np.sum(kind == KIND_GALAXY) > 10
+
+
+def test_galaxy_position_angle_is_east_of_north_on_the_sky():
+    plan = plan_survey(replace(TINY, sky=SkyConfig(star_density=0.0, galaxy_density=0.0)),
+                       seed=1)
+    for vi in (0, 2):
+        v = plan.visits[vi]
+        ra, dec = plan.pixel_to_sky(v, 0, 256.0, 256.0)
+        for pa in (30.0, 120.0):
+            gal = SkyCatalog(id=np.array([1]), kind=np.array([KIND_GALAXY], np.int8),
+                             ra=np.atleast_1d(ra), dec=np.atleast_1d(dec),
+                             mag={b: np.array([18.0]) for b in plan.catalog.mag},
+                             sersic_n=np.array([1.0]), half_light_radius=np.array([3.0]),
+                             axis_ratio=np.array([0.3]), position_angle=np.array([pa]),
+                             visit=np.array([-1]))
+            r = render_exposure(replace(plan, catalog=gal), vi, 0, noise=False, cosmic=False,
+                                defects=False, sky=False)
+            m = adaptive_moments(r.exposure.image[156:357, 156:357].astype(float), 100, 100, 5.0)
+            phi = 0.5 * np.arctan2(2 * m.ixy[0], m.ixx[0] - m.iyy[0])
+            (ra0, ra1), (dec0, dec1) = plan.true_wcs(v, 0).all_pix2world(
+                [256.0, 256.0 + 10 * np.cos(phi)], [256.0, 256.0 + 10 * np.sin(phi)], 0)
+            got = np.degrees(np.arctan2((ra1 - ra0) * np.cos(np.radians(dec0)), dec1 - dec0))
+            assert abs((got - pa + 90) % 180 - 90) < 1.0  # the PSF tilts it a little
