@@ -359,7 +359,8 @@ class Repo:
     def _sql_rows_batch(entries: list[tuple[pa.Table, dict, uuid.UUID]], dt: DatasetType,
                         run: str) -> pa.Table:
         """The SQL-table copy of many tables of one type: rows + data-ID columns + ids."""
-        tables = [t for t, _, _ in entries]
+        # Columns marked by exclude_from_sql (large blobs) stay in the files only.
+        tables = [t.drop_columns(sql_excluded_columns(t)) for t, _, _ in entries]
         lengths = np.array([t.num_rows for t in tables])
         out = pa.concat_tables(tables, promote_options="permissive")
         for key in dt.dimensions:
