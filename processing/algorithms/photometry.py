@@ -147,25 +147,31 @@ def psf_flux_blend(image, variance, good, models, x0, y0) -> PsfFlux:
         ``(m,)`` amplitudes, errors from the joint covariance, and per-child
         ``area``/``chi2``/``npixels`` over each child's own PSF stamp.
     """
+    from scipy import sparse
+
     m, k, _ = models.shape
     height, width = image.shape
     x0 = np.asarray(x0, dtype=np.int64)
     y0 = np.asarray(y0, dtype=np.int64)
-    # Place every child's model on the region's grid (clipped at its edges).
-    placed = np.zeros((m, height, width))
-    edge = np.zeros(m, dtype=bool)
-    for c in range(m):
-        ya, xa = max(y0[c], 0), max(x0[c], 0)
-        yb, xb = min(y0[c] + k, height), min(x0[c] + k, width)
-        edge[c] = (ya, xa, yb, xb) != (y0[c], x0[c], y0[c] + k, x0[c] + k)
-        if yb > ya and xb > xa:
-            placed[c, ya:yb, xa:xb] = models[c, ya - y0[c] : yb - y0[c], xa - x0[c] : xb - x0[c]]
-    g = np.asarray(good, dtype=float)
-    flat = placed.reshape(m, -1)
-    gw = g.ravel()
-    mat = (flat * gw) @ flat.T
-    rhs = (flat * gw) @ image.ravel()
-    cov_pix = (flat * (gw * variance.ravel())) @ flat.T
+    # Each child's model as a sparse column over the region's pixels (clipped at
+    # its edges): the normal equations then cost O(m k^2), not O(m H W).
+    offs = np.arange(k)
+    rows = (y0[:, None] + offs[None, :])[:, :, None]          # (m, k, 1)
+    cols = (x0[:, None] + offs[None, :])[:, None, :]          # (m, 1, k)
+    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    edge = ~inside.all(axis=(1, 2))
+    child = np.broadcast_to(np.arange(m)[:, None, None], inside.shape)
+    pix = (np.broadcast_to(rows, inside.shape) * width + np.broadcast_to(cols, inside.shape))
+    values = np.asarray(models, dtype=float)
+    sel = inside & (values != 0)
+    design = sparse.csc_matrix((values[sel], (pix[sel], child[sel])), shape=(height * width, m))
+    g = np.asarray(good, dtype=float).ravel()
+    img = np.asarray(image, dtype=float).ravel()
+    var = np.asarray(variance, dtype=float).ravel()
+    weighted = design.multiply(g[:, None]).tocsc()
+    mat = (design.T @ weighted).toarray()
+    rhs = weighted.T @ img
+    cov_pix = (design.T @ design.multiply((g * var)[:, None])).toarray()
     try:
         inv = np.linalg.inv(mat)
         ok = np.all(np.isfinite(inv)) and np.linalg.cond(mat) < 1e12
@@ -177,13 +183,15 @@ def psf_flux_blend(image, variance, good, models, x0, y0) -> PsfFlux:
                        np.ones(m, dtype=bool), edge)
     flux = inv @ rhs
     err = np.sqrt(np.diag(inv @ cov_pix @ inv))
-    resid = image - np.tensordot(flux, placed, axes=1)
-    own = (placed != 0) & (g > 0)
+    resid = img - design @ flux
+    own = design.multiply(g[:, None] > 0).tocsc()            # model values on good pixels
+    own_mask = own.copy()
+    own_mask.data = np.ones_like(own_mask.data)
     with np.errstate(divide="ignore", invalid="ignore"):
-        chi2 = np.array([(resid[o] ** 2 / variance[o]).sum() for o in own])
-        sp = (placed * own).sum(axis=(1, 2))
-        spp = (placed * placed * own).sum(axis=(1, 2))
-    npix = own.sum(axis=(1, 2)).astype(np.int64)
+        chi2 = np.asarray(own_mask.T @ (resid**2 / var)).ravel()
+        sp = np.asarray(own.sum(axis=0)).ravel()
+        spp = np.asarray(own.multiply(own).sum(axis=0)).ravel()
+    npix = np.asarray(own_mask.sum(axis=0)).ravel().astype(np.int64)
     return PsfFlux(flux, err, sp * sp / spp, chi2, npix, npix == 0, edge)
 
 
