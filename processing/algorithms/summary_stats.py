@@ -115,7 +115,11 @@ def _zenith_distance(ra: float, dec: float, visit_info: VisitInfo) -> float:
     from astropy import units as u
     from astropy.coordinates import AltAz, EarthLocation, SkyCoord
     from astropy.time import Time
+    from astropy.utils import iers
 
+    # Never reach for the network (closed machines, CI): the bundled IERS
+    # tables cover the survey's dates, and a stale-table warning is harmless.
+    iers.conf.auto_download = False
     lon, lat, elevation = visit_info.observatory
     location = EarthLocation(lon=lon * u.deg, lat=lat * u.deg, height=elevation * u.m)
     time = Time(visit_info.mjd, format="mjd", scale="tai")
