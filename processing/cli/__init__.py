@@ -157,13 +157,22 @@ def _coerce_pair(text: str):
 
 
 @main.command()
-@click.argument("repo", type=click.Path())
+@click.argument("repo", type=click.Path(), required=False)
 @click.option("--repair", is_flag=True, help="Remove orphan files (not registered).")
 @click.option("--fast", is_flag=True, help="Check existence and size only, not checksums.")
+@click.option("--export", "export_dir", type=click.Path(), default=None, metavar="DIR",
+              help="Check the data release in DIR instead (MANIFEST, schema, HATS, index).")
 @handle_errors
-def verify(repo, repair, fast) -> None:
-    """Check that every registered file exists and matches its checksum."""
+def verify(repo, repair, fast, export_dir) -> None:
+    """Check that every registered file of REPO exists and matches its checksum."""
     from store import Repo
+
+    if export_dir is not None:
+        from .release import verify_export
+
+        return verify_export(export_dir, fast)
+    if repo is None:
+        raise click.UsageError("give REPO, or --export DIR to check a release")
 
     with Repo(repo) as r:
         report = r.verify(repair=repair, checksums=not fast)
@@ -195,7 +204,7 @@ def collections(repo, fmt) -> None:
 def _register_subcommands() -> None:
     # Commands defined in other modules register themselves on import; the
     # modules are light (they import their heavy dependencies lazily).
-    from . import commands  # noqa: F401
+    from . import commands, release  # noqa: F401
 
 
 _register_subcommands()

@@ -1,0 +1,131 @@
+"""File layout of a release directory, its MANIFEST and its README.
+
+::
+
+    <release>/
+      README.md                  what the release holds and how to read it
+      MANIFEST.json              release facts, and size + checksum of every other file
+      schema.json                every table and column: name, type, unit, description
+      catalogs/<Table>.parquet   one Parquet file per table (DuckDB, pyarrow, astropy, polars)
+      hats/<Table>/              HATS catalogs of the tables with sky positions (lsdb, hats)
+      images/obscore.parquet     ObsCore index of the image files
+      images/obscore.xml         the same index as a VOTable (astropy, pyvo)
+      datasets/                  the datasets behind the release with their registry
+                                 records (``store.transfer`` layout; ``drp import``)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..datastore import checksum_file
+from .config import ReleaseError
+
+__all__ = [
+    "CATALOG_DIR",
+    "DATASETS_DIR",
+    "FORMAT",
+    "HATS_DIR",
+    "IMAGES_DIR",
+    "MANIFEST",
+    "OBSCORE_PARQUET",
+    "OBSCORE_VOTABLE",
+    "README",
+    "SCHEMA",
+    "list_files",
+    "read_manifest",
+    "readme_text",
+    "write_manifest",
+]
+
+#: Format tag written in the MANIFEST (bumped when the layout changes).
+FORMAT = "drp-release/1"
+MANIFEST = "MANIFEST.json"
+README = "README.md"
+SCHEMA = "schema.json"
+CATALOG_DIR = "catalogs"
+HATS_DIR = "hats"
+IMAGES_DIR = "images"
+DATASETS_DIR = "datasets"
+OBSCORE_PARQUET = f"{IMAGES_DIR}/obscore.parquet"
+OBSCORE_VOTABLE = f"{IMAGES_DIR}/obscore.xml"
+
+
+def list_files(root: Path) -> list[str]:
+    """Every file under ``root`` (relative POSIX paths, sorted), the MANIFEST excepted."""
+    out = []
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            rel = (Path(dirpath) / name).relative_to(root).as_posix()
+            if rel != MANIFEST:
+                out.append(rel)
+    return sorted(out)
+
+
+def write_manifest(root: Path, release: dict[str, Any]) -> dict[str, Any]:
+    """Checksum every file of the release and write ``MANIFEST.json``; returns it."""
+    files = []
+    for rel in list_files(root):
+        size, checksum = checksum_file(root / rel)
+        files.append({"path": rel, "size": size, "checksum": checksum})
+    manifest = {"format": FORMAT, "release": release, "files": files,
+                "n_files": len(files), "total_bytes": sum(f["size"] for f in files)}
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    """The parsed ``MANIFEST.json`` of a release (one-line error when absent or broken)."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise ReleaseError(f"{root} is not a drp release (missing {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as err:
+        raise ReleaseError(f"{path}: not valid JSON ({err})") from None
+    if manifest.get("format") != FORMAT:
+        raise ReleaseError(f"{path}: unsupported release format {manifest.get('format')!r}, "
+                           f"expected {FORMAT}")
+    return manifest
+
+
+def readme_text(release: dict[str, Any]) -> str:
+    """The release's README (Markdown) from its MANIFEST ``release`` section."""
+    lines = [f"# Data release: {release['collection']}", "",
+             f"Exported by drp {release['drp_version']} on {release['created']} from the "
+             f"collection `{release['collection']}` (runs: {', '.join(release['runs']) or 'none'}).",
+             "", "## Contents", ""]
+    for t in release["tables"]:
+        hats = f"; HATS catalog `{t['hats']}` ({t['hats_partitions']} partitions)" if t[
+            "hats"] else ""
+        lines.append(f"* `{t['path']}`: **{t['name']}**, {t['n_rows']:,} rows"
+                     f"{hats}. {t['description']}")
+    for name, n in release["images"].items():
+        lines.append(f"* {n:,} `{name}` FITS files, listed in `{OBSCORE_PARQUET}` and "
+                     f"`{OBSCORE_VOTABLE}`")
+    if release["n_datasets"]:
+        lines.append(f"* `{DATASETS_DIR}/`: the {release['n_datasets']:,} datasets behind the "
+                     "release with their registry records (`drp import` rebuilds a repository)")
+    if release["notices"]:
+        lines += ["", "Not included:", ""] + [f"* {n}" for n in release["notices"]]
+    lines += [
+        "", "`schema.json` describes every table and column (name, type, unit, description);",
+        f"`{MANIFEST}` lists every file with its size and BLAKE2b checksum.", "",
+        "## Reading it", "", "```python",
+        "import duckdb",
+        "duckdb.sql(\"SELECT count(*) FROM 'catalogs/Source.parquet'\")",
+        "",
+        "from astropy.table import Table",
+        "visits = Table.read('catalogs/Visit.parquet')",
+        "index = Table.read('images/obscore.xml')      # ObsCore index (VOTable)",
+        "",
+        "import lsdb",
+        "sources = lsdb.open_catalog('hats/Source')",
+        "near = sources.cone_search(ra=53.1, dec=-28.1, radius_arcsec=60).compute()",
+        "```", "",
+        "Check the files with `drp verify --export .` and load the release into a drp",
+        "repository with `drp import . REPO`.", ""]
+    return "\n".join(lines)
