@@ -2,22 +2,28 @@
 
 A query copied from a Rubin tutorial (``SELECT ... FROM dp1.CcdVisit WHERE
 CONTAINS(POINT('ICRS', ra, dec), CIRCLE(...)) = 1``) runs on a drp repository
-because ``registry.duckdb`` holds, in the schema ``rubin``, these views:
+because ``registry.duckdb`` holds, in the schema ``rubin``, these tables:
 
 ================  ====================================================================
-``Visit``         one row per visit: the ``dp1_Visit`` columns, from the ``visit``
-                  dimension records
-``CcdVisit``      one row per visit and detector of the default collection's
+``Visit``         view, one row per visit: the ``dp1_Visit`` columns, from the
+                  ``visit`` dimension records
+``CcdVisit``      table, one row per visit and detector of the default collection's
                   ``visit_summary`` datasets: every ``dp1_CcdVisit`` column, then the
                   summary statistics Rubin keeps elsewhere (:data:`EXTRA_STATISTICS`)
-``VisitDetector`` the same rows under the ``dp2_VisitDetector`` names (those drp
-                  can fill), then the same extra statistics
-``Source``        the ``dp1_Source`` columns that the ``source`` datasets have
-``PsfStar``       every column of the ``single_visit_star`` (PSF-star) datasets
+``VisitDetector`` table, the same rows under the ``dp2_VisitDetector`` names (those
+                  drp can fill), then the same extra statistics
+``Source``        view, the ``dp1_Source`` columns that the ``source`` datasets have
+``PsfStar``       view, every column of the ``single_visit_star`` (PSF-star) datasets
 ================  ====================================================================
 
+``CcdVisit`` and ``VisitDetector`` are materialised (rebuilt in the commit
+that changes the default collection's visit summaries): their ~65 derived
+columns would cost a view ~10 ms of binding in every query.  The other three
+stay views: ``Visit`` must follow dimension records inserted at any time, and
+the big tables must not be copied twice.
+
 User SQL (:func:`store.sql.run_query`) runs with ``search_path = rubin, main``,
-so ``Visit`` and ``Source`` mean these views; the registry's own ``visit``
+so ``Visit`` and ``Source`` mean these tables; the registry's own ``visit``
 dimension table and ``source`` dataset view stay reachable as ``main.visit``
 and ``main.source`` (DuckDB identifiers are case-insensitive, so the two
 names cannot live side by side in one schema).  Registry code never sets the
@@ -25,7 +31,7 @@ search path, so it is unaffected.
 
 Contract with the producers (``store`` never imports ``processing``)
 --------------------------------------------------------------------
-The view SQL refers to these SQL copies (``ds_<dataset type>``, one row per
+The SQL below refers to these SQL copies (``ds_<dataset type>``, one row per
 table row, plus ``_dataset_id``) by column name:
 
 * ``ds_visit_summary`` (``processing.visit_summary`` format): ``visit``,
@@ -40,7 +46,7 @@ table row, plus ``_dataset_id``) by column name:
 * the ``visit`` dimension table's declared columns (:mod:`store.dimensions`).
 
 A column a producer lacks reads as NULL (``Source`` and ``PsfStar`` simply
-leave it out); a missing ``ds_`` table means no view.
+leave it out); a missing ``ds_`` table means no Rubin table.
 
 Conventions: ``ccdVisitId = visit * 1000 + detector`` (duplicated from
 ``processing.ids.ccd_visit_id``; keep the two in step); ``seeing = psfSigma *
@@ -48,12 +54,16 @@ pixelScale * sqrt(8 ln 2)`` (PSF FWHM, arcsec); timestamps are the TAI MJDs
 turned into naive timestamps (no leap seconds applied); NaN ("not measured")
 shows as NULL in ``Visit``, ``CcdVisit`` and ``VisitDetector``, as in Rubin's
 TAP tables (``Source`` and ``PsfStar`` pass values through untouched, so
-scans of the big tables cost nothing extra).  Columns are cast to the schema
-types (``float`` -> FLOAT ...) where the stored type differs.
+scans of the big tables cost nothing extra).  ``CcdVisit`` and
+``VisitDetector`` have exactly the schema types (``float`` -> FLOAT...); the
+views cast a column only where its stored type differs.
 
-When the default collection shows every dataset of a type, the view reads
-the SQL copy directly; otherwise it keeps the rows of the datasets in
-``default_dataset`` (a semi-join, about 2x slower on ``Source``).
+When the default collection shows every dataset of a type, the SQL reads the
+copy directly; otherwise it keeps the rows of the datasets in
+``default_dataset`` (a semi-join).
+
+The spherical and scisql macros of :mod:`store.spherical_sql` are stored in
+the registry too, so read cursors do not install them per query (~50 ms).
 """
 
 from __future__ import annotations
@@ -71,7 +81,7 @@ __all__ = [
     "use_rubin_tables",
 ]
 
-#: Schema holding the views.
+#: Schema holding the Rubin-named tables and views.
 RUBIN_SCHEMA = "rubin"
 
 #: Rubin schema datatype -> DuckDB type.
@@ -252,18 +262,26 @@ _SUMMARY_EXPR: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-def _select(spec, exprs, available: dict[str, str], alias: str) -> str:
-    """SELECT list: every spec column, cast to its type, NaN -> NULL, NULL if unavailable."""
+def _select(spec, exprs, stored: dict[str, str], alias: str, *, exact_types: bool) -> str:
+    """SELECT list: every spec column, NaN -> NULL, NULL where the producer lacks a source.
+
+    ``exact_types`` casts every column to its schema type (for the materialised
+    tables, where the cost is paid once); otherwise a column is cast only when
+    its stored type differs (views are re-bound by every query, and each cast
+    adds to that).
+    """
     parts = []
     for name, kind, _ in spec:
         sql_type = _SQL_TYPES[kind]
         expr, sources = exprs.get(name, (f"{alias}.{_q(name)}", (name,)))
-        if not all(s.lower() in available for s in sources):
+        if not all(s.lower() in stored for s in sources):
             parts.append(f"CAST(NULL AS {sql_type}) AS {_q(name)}")
             continue
-        expr = f"CAST({expr} AS {sql_type})"
+        plain = name not in exprs
+        if exact_types or not plain or stored[name.lower()] != sql_type:
+            expr = f"CAST({expr} AS {sql_type})"
         if kind in ("float", "double"):
-            expr = f"nullif({expr}, 'NaN'::{sql_type})"
+            expr = f"CASE WHEN isnan({expr}) THEN NULL ELSE {expr} END"
         parts.append(f"{expr} AS {_q(name)}")
     return ", ".join(parts)
 
@@ -289,16 +307,29 @@ def _default_rows(con, dataset_type: str, alias: str) -> str:
             f"WHERE dataset_type = '{literal}')")
 
 
+def _kind(con, name: str) -> str | None:
+    """'VIEW', 'BASE TABLE' or None for an object of the rubin schema."""
+    rows = con.execute("SELECT table_type FROM information_schema.tables WHERE table_schema = ? "
+                       "AND table_name = ?", [RUBIN_SCHEMA, name]).fetchall()
+    return rows[0][0] if rows else None
+
+
+def _drop(con, name: str, keep: str | None = None) -> None:
+    """Drop a rubin object unless it is of kind ``keep`` (DuckDB's DROP is kind-specific)."""
+    kind = _kind(con, name)
+    if kind is not None and kind != keep:
+        what = "VIEW" if kind == "VIEW" else "TABLE"
+        con.execute(f"DROP {what} {RUBIN_SCHEMA}.{_q(name)}")
+
+
 def _view(con, name: str, body: str | None) -> None:
-    target = f"{RUBIN_SCHEMA}.{_q(name)}"
-    if body is None:
-        con.execute(f"DROP VIEW IF EXISTS {target}")
-    else:
-        con.execute(f"CREATE OR REPLACE VIEW {target} AS {body}")
+    _drop(con, name, keep="VIEW" if body is not None else None)
+    if body is not None:
+        con.execute(f"CREATE OR REPLACE VIEW {RUBIN_SCHEMA}.{_q(name)} AS {body}")
 
 
 def _units(con, view: str, spec) -> None:
-    """Record the units of a view's columns in ``column_meta`` (once per column set)."""
+    """Record the units of a table's columns in ``column_meta`` (once per column set)."""
     rows = [(view, name, unit) for name, _, unit in spec if unit]
     have = con.execute("SELECT count(*) FROM main.column_meta WHERE sql_table = ?",
                        [view]).fetchall()[0][0]
@@ -313,26 +344,74 @@ def _units(con, view: str, spec) -> None:
     con.unregister("_rubin_units")
 
 
+#: Bump when the CcdVisit / VisitDetector definitions change (forces a rebuild).
+_TABLES_VERSION = 1
+_FINGERPRINT_KEY = "rubin_ccd_visit_fingerprint"
+
+
+def _refresh_ccd_visit(con) -> None:
+    """Materialise CcdVisit and VisitDetector when the default collection's summaries changed.
+
+    They are small (one row per detector-visit) but their ~65 derived columns
+    would cost a view ~10 ms of binding in every query; as tables they answer
+    in about a millisecond.  A fingerprint of the visible ``visit_summary``
+    datasets (in ``registry_meta``) skips the rebuild when nothing changed.
+    """
+    stored = _columns(con, "ds_visit_summary")
+    if not stored:
+        for name in ("CcdVisit", "VisitDetector"):
+            _view(con, name, None)
+        return
+    n, xor = con.execute(
+        "SELECT count(*), coalesce(bit_xor(hash(id)), 0) FROM main.default_dataset "
+        "WHERE dataset_type = 'visit_summary'").fetchall()[0]
+    rows = con.execute("SELECT count(*) FROM main.ds_visit_summary").fetchall()[0][0]
+    fingerprint = f"{_TABLES_VERSION}:{n}:{xor}:{rows}:{len(stored)}"
+    old = con.execute("SELECT value FROM main.registry_meta WHERE key = ?",
+                      [_FINGERPRINT_KEY]).fetchall()
+    tables = all(_kind(con, n) == "BASE TABLE" for n in ("CcdVisit", "VisitDetector"))
+    if old and old[0][0] == fingerprint and tables:
+        return
+    where = _default_rows(con, "visit_summary", "s")
+    for name, spec in (("CcdVisit", _CCD_VISIT), ("VisitDetector", _VISIT_DETECTOR)):
+        target = f"{RUBIN_SCHEMA}.{_q(name)}"
+        _drop(con, name, keep="BASE TABLE")
+        con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT "
+                    f"{_select(spec, _SUMMARY_EXPR, stored, 's', exact_types=True)} "
+                    f'FROM main.ds_visit_summary AS s{where} ORDER BY s.visit, s.detector')
+        _units(con, name, spec)
+    con.execute("DELETE FROM main.registry_meta WHERE key = ?", [_FINGERPRINT_KEY])
+    con.execute("INSERT INTO main.registry_meta VALUES (?, ?)", [_FINGERPRINT_KEY, fingerprint])
+
+
+def _store_macros(con) -> None:
+    """Persistent spherical/scisql macros, (re)created when missing or of another version."""
+    from .spherical_sql import MACROS_VERSION, install_macros
+
+    # Probe through the catalog: a failing call would abort the write transaction.
+    found = con.execute("SELECT count(*) FROM duckdb_functions() WHERE function_name = "
+                        "'drp_macros_version' AND schema_name = 'main' AND NOT internal"
+                        ).fetchall()[0][0]
+    if found and con.execute("SELECT main.drp_macros_version()").fetchall()[0][0] == MACROS_VERSION:
+        return
+    install_macros(con, temporary=False, force=True)
+
+
 def refresh_rubin_views(con) -> None:
-    """(Re)create the ``rubin`` views; run inside the registry's write transaction.
+    """(Re)create the ``rubin`` tables and views; run inside the registry's write transaction.
 
     Called by :meth:`store.registry.Registry._refresh_views` whenever the
-    default collection's datasets change.
+    default collection's datasets change.  Also stores the spherical and
+    scisql macros (:mod:`store.spherical_sql`) in the registry, so user
+    queries need not install them on each read cursor (~50 ms).
     """
+    _store_macros(con)
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {RUBIN_SCHEMA}")
     visit_cols = _columns(con, "visit")
-    _view(con, "Visit", f"SELECT {_select(_VISIT, _VISIT_EXPR, visit_cols, 'v')} "
-                        f"FROM main.visit AS v")
+    _view(con, "Visit", f"SELECT {_select(_VISIT, _VISIT_EXPR, visit_cols, 'v', exact_types=False)}"
+                        " FROM main.visit AS v")
     _units(con, "Visit", _VISIT)
-
-    summary_cols = _columns(con, "ds_visit_summary")
-    where = _default_rows(con, "visit_summary", "s") if summary_cols else ""
-    for name, spec in (("CcdVisit", _CCD_VISIT), ("VisitDetector", _VISIT_DETECTOR)):
-        body = (f"SELECT {_select(spec, _SUMMARY_EXPR, summary_cols, 's')} "
-                f"FROM main.ds_visit_summary AS s{where}") if summary_cols else None
-        _view(con, name, body)
-        if body is not None:
-            _units(con, name, spec)
+    _refresh_ccd_visit(con)
 
     source_cols = _columns(con, "ds_source")
     present = [c for c in _SOURCE if c[0].lower() in source_cols]

@@ -307,7 +307,29 @@ def test_serialised_models_are_not_copied_into_sql(rubin_repo):
     assert {"psf", "wcs", "ap_corr_map"} <= set(table.column_names)
 
 
+def test_drp_sql_command_speaks_rubin(rubin_repo):
+    import json
+
+    from click.testing import CliRunner
+
+    from processing.cli import main
+
+    root = str(rubin_repo["repo"].root)
+    rubin_repo["repo"].close()
+    out = CliRunner().invoke(main, ["sql", root, "SELECT TOP 2 ccdVisitId, seeing FROM "
+                                    "dp1.CcdVisit ORDER BY ccdVisitId", "--format", "json"])
+    assert out.exit_code == 0, out.output
+    rows = [json.loads(line) for line in out.output.splitlines()]
+    assert [r["ccdVisitId"] for r in rows] == [0, 1]
+
+
 def test_views_exist_in_a_new_repository(repo):
     assert repo.sql("SELECT * FROM Visit").num_rows == 0
     with pytest.raises(Exception, match="CcdVisit"):
         repo.sql("SELECT * FROM CcdVisit")
+    # Visit is a live view: dimension records inserted later show at once.
+    repo.insert_dimension_records("instrument", [{"instrument": "Cam"}])
+    repo.insert_dimension_records("visit", [{"instrument": "Cam", "visit": 9,
+                                             "exp_midpt_mjd": 51544.5}])
+    row = repo.sql("SELECT visit, expMidpt, expTime FROM Visit").to_pylist()
+    assert row == [{"visit": 9, "expMidpt": _dt.datetime(2000, 1, 1, 12), "expTime": None}]
