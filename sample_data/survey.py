@@ -323,7 +323,8 @@ def simulate_survey(repo, preset: str | SurveyConfig = "demo", *, seed: int = 0,
     runs : RunNames
         Names of the collections to create.
     progress : callable, optional
-        Called as ``progress(done, total)`` after each detector-visit is written.
+        Called as ``progress(done, total)`` (detector-visits) each time a
+        visit's images have been registered.
     durable : bool
         fsync every file (turn off for throw-away test repositories).
 
@@ -342,19 +343,22 @@ def simulate_survey(repo, preset: str | SurveyConfig = "demo", *, seed: int = 0,
     """
     t0 = time.perf_counter()
     config = _resolve_config(preset, n_visits)
+    if n_workers is None:
+        n_workers = min(2, os.cpu_count() or 1)
+    if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
+        raise ValueError(f"n_workers must be a positive integer, got {n_workers!r}")
     repo = _open(repo)
     plan = plan_survey(config, seed)
     t_plan = time.perf_counter() - t0
+    existing = set(repo.collections().column("name").to_pylist())
     for name in (runs.raw, runs.refcats, runs.truth, runs.chain):
-        if repo.registry.collection_type(name) is not None:
+        if name in existing:
             raise ConflictingDefinitionError(
                 f"collection {name!r} already exists; choose other run names (RunNames) "
                 "or a new repository")
     if len({runs.raw, runs.refcats, runs.truth, runs.chain}) != 4:
         raise ValueError(f"run names must differ, got {runs}")
     records = [(element, _new_records(repo, element, recs)) for element, recs in _records(plan)]
-    if n_workers is None:
-        n_workers = min(2, os.cpu_count() or 1)
 
     for name, (dims, storage_class) in DATASET_TYPES.items():
         repo.register_dataset_type(name, dims, storage_class)
@@ -375,7 +379,8 @@ def simulate_survey(repo, preset: str | SurveyConfig = "demo", *, seed: int = 0,
         repo.put_many([(table, "reference_catalog", {"healpix": pix})
                        for pix, table in shards.items()], run=runs.refcats, durable=durable)
         result.n_shards = len(shards)
-        repo.put(object_table(plan), "truth_object", inst, run=runs.truth)
+        repo.put_many([(object_table(plan), "truth_object", inst)], run=runs.truth,
+                      durable=durable)
         t1 = time.perf_counter()
         result.n_images = _render_and_write(repo, plan, runs, n_workers, progress, durable)
         t_render = time.perf_counter() - t1
@@ -410,6 +415,7 @@ def _render_and_write(repo, plan: SurveyPlan, runs: RunNames, n_workers: int,
     inst = plan.instrument
     records: list[dict] = []
     truth: dict[str, list[pa.Table]] = {"vd": [], "psf": [], "art": []}
+    truth_items = []
     done = 0
     results = _ordered_results(job, tasks, n_workers)
     try:
@@ -420,19 +426,19 @@ def _render_and_write(repo, plan: SurveyPlan, runs: RunNames, n_workers: int,
             truth["art"].append(art)
             if detector < n_det - 1:
                 continue
-            # One registry commit per visit for its images, one for its truth.
+            # One registry commit per visit for its images.
             repo.register_files(records, run=runs.raw)
             done += len(records)
             records = []
             did = {"instrument": inst, "visit": plan.visits[visit_index].id}
-            repo.put_many([
-                (pa.concat_tables(truth["vd"]), "truth_visit_detector", did),
-                (pa.concat_tables(truth["psf"]), "truth_psf_grid", did),
-                (pa.concat_tables(truth["art"]), "truth_artefact", did),
-            ], run=runs.truth, durable=durable)
+            truth_items += [(pa.concat_tables(truth["vd"]), "truth_visit_detector", did),
+                            (pa.concat_tables(truth["psf"]), "truth_psf_grid", did),
+                            (pa.concat_tables(truth["art"]), "truth_artefact", did)]
             truth = {"vd": [], "psf": [], "art": []}
             if progress is not None:
                 progress(done, len(tasks))
+        # The per-visit truth tables are small: one commit for all of them.
+        repo.put_many(truth_items, run=runs.truth, durable=durable)
     except BaseException:
         # Stop the pool (waiting for running tasks), then remove every image
         # file this survey could have written: unregistered files are orphans.

@@ -1,6 +1,7 @@
 """Benchmark: time and peak memory of the survey simulator.
 
-Run: ``python tests/benchmarks/bench_simulator.py [survey|detector] [preset] [n_workers]``.
+Run: ``python tests/benchmarks/bench_simulator.py detector [preset ...]`` or
+``python tests/benchmarks/bench_simulator.py survey [preset] [n_workers] [n_visits]``.
 
 ``detector`` (default) renders one detector-visit of each preset in a fresh
 subprocess and prints its wall time (render only, and render + FITS write to
@@ -48,7 +49,7 @@ def detector(presets=("demo", "comcam")) -> None:
         print(out.stdout.strip())
 
 
-def survey(preset: str = "demo", n_workers: int = 2) -> None:
+def survey(preset: str = "demo", n_workers: int = 2, n_visits: int | None = None) -> None:
     from sample_data import simulate_survey
     from store import Repo
 
@@ -56,7 +57,7 @@ def survey(preset: str = "demo", n_workers: int = 2) -> None:
     try:
         repo = Repo.create(tmp / "repo")
         t0 = time.perf_counter()
-        result = simulate_survey(repo, preset, seed=1, n_workers=n_workers)
+        result = simulate_survey(repo, preset, seed=1, n_workers=n_workers, n_visits=n_visits)
         wall = time.perf_counter() - t0
         size = sum(p.stat().st_size for p in (tmp / "repo").rglob("*") if p.is_file())
         print(json.dumps({
@@ -73,6 +74,7 @@ if __name__ == "__main__":
     mode = sys.argv[1] if len(sys.argv) > 1 else "detector"
     if mode == "survey":
         survey(sys.argv[2] if len(sys.argv) > 2 else "demo",
-               int(sys.argv[3]) if len(sys.argv) > 3 else 2)
+               int(sys.argv[3]) if len(sys.argv) > 3 else 2,
+               int(sys.argv[4]) if len(sys.argv) > 4 else None)
     else:
         detector(tuple(sys.argv[2:]) or ("demo", "comcam"))
