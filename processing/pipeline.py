@@ -325,11 +325,12 @@ def run_pipeline(repo, pipeline: Pipeline, *, inputs: list[str], output: str | N
 
 
 def _quantum_row(run, task, config, data_id, inputs, outputs, status, start, end, host,
-                 versions, error, tb) -> dict[str, Any]:
+                 versions, error, tb, metadata=None) -> dict[str, Any]:
     return {"id": str(uuid.uuid4()), "run": run, "task": task,
             "config_hash": config_hash(config), "data_id": json.dumps(data_id),
             "inputs": inputs, "outputs": outputs, "status": status, "start": start, "end": end,
-            "host": host, "versions": versions, "error": error, "traceback": tb}
+            "host": host, "versions": versions, "error": error, "traceback": tb,
+            "metadata": json.dumps(metadata, default=str) if metadata else None}
 
 
 def _register(repo, run: str, pending: list[tuple[Quantum, QuantumOutcome]],
@@ -348,6 +349,7 @@ def _register(repo, run: str, pending: list[tuple[Quantum, QuantumOutcome]],
         inputs = [ref.id for refs in quantum.inputs.values() for ref in refs]
         rows.append(_quantum_row(run, quantum.task, quantum.config, quantum.data_id, inputs,
                                  outputs, outcome.status, outcome.start, outcome.end,
-                                 outcome.host, versions, outcome.error, outcome.traceback))
+                                 outcome.host, versions, outcome.error, outcome.traceback,
+                                 outcome.metadata))
     repo.register_files(files, run=run, quanta=rows)
     return len(files)

@@ -13,6 +13,7 @@ import datetime as _dt
 import platform
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,9 +161,13 @@ def execute_quantum(quantum: Quantum) -> QuantumOutcome:
                              start=start, host=platform.node())
     task_class = quantum.task_class
     context = QuantumContext(quantum, task_class)
+    caught: list = []
     try:
-        task = task_class(quantum.config)
-        result = task.run_quantum(context)
+        # Warnings are recorded with the quantum, not printed by every worker.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            task = task_class(quantum.config)
+            result = task.run_quantum(context)
         outcome.metadata = dict(getattr(result, "metadata", {}) or {})
     except NoWorkFound as err:
         outcome.status = "no_work"
@@ -176,6 +181,9 @@ def execute_quantum(quantum: Quantum) -> QuantumOutcome:
         for record in context.written:  # partial outputs are never registered
             (Path(quantum.repo_root) / record["path"]).unlink(missing_ok=True)
         context.written = []
+    if caught:
+        messages = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
+        outcome.metadata["warnings"] = messages[:20]
     outcome.written = context.written
     outcome.end = _dt.datetime.now(_dt.UTC).replace(tzinfo=None)
     outcome.metadata.setdefault("wall_s", time.perf_counter() - t0)

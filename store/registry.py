@@ -694,10 +694,10 @@ class Registry:
             if quanta:
                 con.executemany(
                     "INSERT INTO quantum VALUES (?, ?, ?, ?, ?, ?::UUID[], ?::UUID[], ?, ?, ?, ?, ?, "
-                    "?, ?)", [[q["id"], q["run"], q["task"], q["config_hash"], q["data_id"],
-                               q["inputs"], q["outputs"], q["status"], q["start"], q["end"],
-                               q["host"], q["versions"], q["error"], q["traceback"]]
-                              for q in quanta])
+                    "?, ?, ?)", [[q["id"], q["run"], q["task"], q["config_hash"], q["data_id"],
+                                  q["inputs"], q["outputs"], q["status"], q["start"], q["end"],
+                                  q["host"], q["versions"], q["error"], q["traceback"],
+                                  q.get("metadata")] for q in quanta])
             if rows is None or rows.num_rows == 0:
                 return
             con.register("_new_datasets", rows)

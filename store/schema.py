@@ -75,7 +75,7 @@ TABLES: dict[str, Table] = {
             ("config_hash", "VARCHAR"), ("data_id", "VARCHAR"), ("inputs", "UUID[]"),
             ("outputs", "UUID[]"), ("status", "VARCHAR"), ("start_time", "TIMESTAMP"),
             ("end_time", "TIMESTAMP"), ("host", "VARCHAR"), ("versions", "VARCHAR"),
-            ("error", "VARCHAR"), ("traceback", "VARCHAR"),
+            ("error", "VARCHAR"), ("traceback", "VARCHAR"), ("metadata", "VARCHAR"),
         ), doc="provenance: one row per task execution"),
     )
 }

@@ -37,13 +37,10 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
 from scipy.spatial import cKDTree
 
-from store.calib import AB_ZERO_NJY, PhotoCalib
-from store.errors import DrpError
+from store.calib import AB_ZERO_NJY
 from store.exposure import Exposure
-from store.geom import Box
 from store.masks import bits
 from store.psf import GaussianPsf
 from store.sphgeom import radec_to_xyz
@@ -52,9 +49,9 @@ from ..algorithms.apcorr import apply_aperture_correction, measure_aperture_corr
 from ..algorithms.astrometry import AstrometryConfig, solve_astrometry
 from ..algorithms.background import BackgroundConfig, BackgroundList, estimate_background
 from ..algorithms.cosmic_rays import CosmicRayConfig, repair_cosmic_rays
-from ..algorithms.deblend import DeblendConfig, deblend
+from ..algorithms.deblend import DeblendConfig
 from ..algorithms.detection import DetectionConfig, detect_sources
-from ..algorithms.measure import MeasurementConfig, measure_sources
+from ..algorithms.measure import MeasurementConfig
 from ..algorithms.moments import determinant_radius, psf_moments_at
 from ..algorithms.photocal import PhotoCalConfig, fit_zero_point
 from ..algorithms.psf_determination import (
@@ -66,13 +63,22 @@ from ..ids import source_ids
 from .base import Connection, PipelineTask, TaskResult
 from .catalogs import calibrated_source_table, psf_star_table
 from .refcat import concat_shards, lookup_reference_shards
+from .single_frame import (
+    SingleFrameError,
+    attach_summary,
+    bbox_tuple,
+    column,
+    detect_and_measure,
+    prepare_planes,
+    usable_sources,
+)
 
 __all__ = ["CalibrateConfig", "CalibrateTask", "CalibrationError"]
 
 DETECTOR = ("instrument", "visit", "detector")
 
 
-class CalibrationError(DrpError, RuntimeError):
+class CalibrationError(SingleFrameError):
     """Single-frame calibration cannot proceed (the message says why)."""
 
 
@@ -161,7 +167,7 @@ class CalibrateTask(PipelineTask):
         if f"{band}_flux" not in (refcat.column_names if refcat is not None else []):
             raise CalibrationError(f"reference catalog has no {band}_flux column or no rows")
         exp = exposure.copy()
-        image, variance, mask = _prepare_planes(exp)
+        image, variance, mask = prepare_planes(exp)
         bbox = exp.bbox
         metadata: dict = {}
 
@@ -175,18 +181,18 @@ class CalibrateTask(PipelineTask):
 
         # 4: PSF stars and the PSF model.
         bright_cfg = dataclasses.replace(cfg.detection, threshold=cfg.psf_detection_threshold)
-        bright, bright_det = self._detect_and_measure(work, variance, mask, GaussianPsf(sigma0),
-                                                      sigma0, bright_cfg)
+        bright, bright_det = detect_and_measure(work, variance, mask, GaussianPsf(sigma0), sigma0,
+                                                bright_cfg, cfg.deblend, cfg.measurement)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             candidate = select_psf_candidates(bright, config=cfg.psf)
         if candidate.sum() < 5:
             raise CalibrationError(f"only {int(candidate.sum())} PSF candidates among "
                                    f"{bright.num_rows} bright sources (need 5)")
-        bx = _np(bright, "x")[candidate]
-        by = _np(bright, "y")[candidate]
+        bx = column(bright, "x")[candidate]
+        by = column(bright, "y")[candidate]
         psf_fit = determine_psf(work, variance, mask, bx - bbox.x0, by - bbox.y0,
-                                _np(bright, "psfFlux_instFlux")[candidate],
+                                column(bright, "psfFlux_instFlux")[candidate],
                                 (bbox.x0 - 0.5, bbox.y0 - 0.5, bbox.x1 - 0.5, bbox.y1 - 0.5),
                                 config=cfg.psf)
         if psf_fit.psf is None:
@@ -203,11 +209,12 @@ class CalibrateTask(PipelineTask):
         background = BackgroundList([bg2])
 
         # 6: all sources, with the PSF model.
-        table, det = self._detect_and_measure(work, variance, mask, psf, sigma, cfg.detection)
+        table, det = detect_and_measure(work, variance, mask, psf, sigma, cfg.detection,
+                                        cfg.deblend, cfg.measurement)
         mask = det.mask
         if table.num_rows == 0:
             raise CalibrationError("no source detected above threshold")
-        x, y = _np(table, "x"), _np(table, "y")
+        x, y = column(table, "x"), column(table, "y")
         flags = _psf_flags(x, y, bx, by, candidate_rows=psf_fit)
 
         # 7: aperture corrections from the PSF stars.
@@ -216,21 +223,21 @@ class CalibrateTask(PipelineTask):
                 order + 1) ** 2:
             order -= 1
         ap_corr_map = measure_aperture_corrections(
-            table, flags["calib_psf_used"], _bbox_tuple(bbox), reference=cfg.apcorr_reference,
+            table, flags["calib_psf_used"], bbox_tuple(bbox), reference=cfg.apcorr_reference,
             order=order)
         metadata["apcorr_order"] = order
         table = apply_aperture_correction(table, ap_corr_map)
 
         # 8: astrometry from the header WCS.
-        snr = _np(table, "psfFlux_instFlux") / _np(table, "psfFlux_instFluxErr")
-        good = _usable(table) & (snr > cfg.calib_min_snr)
-        ref_ra, ref_dec = _np(refcat, "coord_ra"), _np(refcat, "coord_dec")
-        ref_flux = _np(refcat, f"{band}_flux")
+        snr = column(table, "psfFlux_instFlux") / column(table, "psfFlux_instFluxErr")
+        good = usable_sources(table) & (snr > cfg.calib_min_snr)
+        ref_ra, ref_dec = column(refcat, "coord_ra"), column(refcat, "coord_dec")
+        ref_flux = column(refcat, f"{band}_flux")
         with np.errstate(divide="ignore", invalid="ignore"):
             ref_mag = -2.5 * np.log10(ref_flux / AB_ZERO_NJY)
         if exp.wcs is None:
             raise CalibrationError("exposure has no header WCS to start the astrometry from")
-        astrom = solve_astrometry(x[good], y[good], _np(table, "psfFlux_instFlux")[good],
+        astrom = solve_astrometry(x[good], y[good], column(table, "psfFlux_instFlux")[good],
                                   ref_ra, ref_dec, ref_mag, exp.wcs, bbox, cfg.astrometry)
         if not astrom.success:
             raise CalibrationError(f"astrometry failed: {astrom.reason}")
@@ -254,7 +261,7 @@ class CalibrateTask(PipelineTask):
         detector = int(det_info.id) if det_info is not None else 0
         ids = source_ids(visit, detector, table.num_rows)
         # measurement ids are 1..n in table order, so a parent id maps to a row
-        parents = _np(table, "parentSourceId").astype(np.int64)
+        parents = column(table, "parentSourceId").astype(np.int64)
         parent_ids = np.where(parents > 0, ids[0] - 1 + parents, 0)
         flags.update(calib_astrometry_used=astrom_used, calib_photometry_used=photo_used,
                      sky_source=np.zeros(table.num_rows, dtype=bool))
@@ -273,7 +280,7 @@ class CalibrateTask(PipelineTask):
         out.metadata["MAGZERO"] = zp.zero_point
         out.metadata["MAGZERO_RMS"] = zp.zero_point_err
         out.metadata["MAGZERO_NOBJ"] = int(zp.n_used)
-        _attach_summary(out, psf_stars, background)
+        attach_summary(out, psf_stars, background)
         metadata.update(n_sources=sources.num_rows, n_psf_used=int(flags["calib_psf_used"].sum()),
                         n_psf_reserved=int(flags["calib_psf_reserved"].sum()))
         return TaskResult(exposure=out, background=background.to_bundle(), psf_stars=psf_stars,
@@ -310,31 +317,20 @@ class CalibrateTask(PipelineTask):
         compact = sizes[sizes < 1.3 * max(lo, np.median(sizes[sizes <= np.median(sizes)]))]
         return float(np.median(compact)) if compact.size else float(np.median(sizes))
 
-    def _detect_and_measure(self, image, variance, mask, psf, sigma, det_cfg):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            det = detect_sources(image, variance, mask, sigma, det_cfg)
-            blend = deblend(det, image, variance, sigma, self.config.deblend)
-        cat = blend.catalog
-        table = measure_sources(image, variance, det.mask, psf, cat["peak_x"], cat["peak_y"],
-                                segmentation=blend.segmentation, ids=cat["id"],
-                                parents=cat["parent"], config=self.config.measurement)
-        return table, det
-
     def _photometry(self, table, ra, dec, good, refcat, band):
         cfg = self.config
-        ext = _np(table, "extendedness") if "extendedness" in table.column_names else \
+        ext = column(table, "extendedness") if "extendedness" in table.column_names else \
             np.zeros(table.num_rows)
         stars = good & ~(np.nan_to_num(ext, nan=1.0) > cfg.max_extendedness)
-        ref_xyz = radec_to_xyz(_np(refcat, "coord_ra"), _np(refcat, "coord_dec"))
+        ref_xyz = radec_to_xyz(column(refcat, "coord_ra"), column(refcat, "coord_dec"))
         src_xyz = radec_to_xyz(ra, dec)
         radius = 2 * np.sin(np.radians(cfg.photometry_match_radius / 3600) / 2)
         dist, j = cKDTree(ref_xyz).query(src_xyz, distance_upper_bound=radius)
         matched = stars & np.isfinite(dist)
         idx = np.flatnonzero(matched)
-        ref_flux = _np(refcat, f"{band}_flux")[j[idx]]
-        zp = fit_zero_point(_np(table, "psfFlux_instFlux")[idx],
-                            _np(table, "psfFlux_instFluxErr")[idx], ref_flux, cfg.photocal)
+        ref_flux = column(refcat, f"{band}_flux")[j[idx]]
+        zp = fit_zero_point(column(table, "psfFlux_instFlux")[idx],
+                            column(table, "psfFlux_instFluxErr")[idx], ref_flux, cfg.photocal)
         if not zp.success:
             raise CalibrationError(f"photometric calibration failed: {zp.reason}")
         used = np.zeros(table.num_rows, dtype=bool)
@@ -343,46 +339,6 @@ class CalibrateTask(PipelineTask):
 
 
 # -- helpers -------------------------------------------------------------------------------
-def _np(table: pa.Table, name: str) -> np.ndarray:
-    return table.column(name).to_numpy(zero_copy_only=False)
-
-
-def _bbox_tuple(bbox: Box) -> tuple[float, float, float, float]:
-    return (bbox.x0 - 0.5, bbox.y0 - 0.5, bbox.x1 - 0.5, bbox.y1 - 0.5)
-
-
-def _prepare_planes(exp: Exposure):
-    """Validate the pixels; NaNs become NO_DATA (value 0, variance inf)."""
-    image = exp.image.astype(np.float32, copy=True)
-    variance = exp.variance.astype(np.float32, copy=True)
-    mask = exp.mask.astype(np.int32, copy=True)
-    finite = np.isfinite(image)
-    if not finite.any():
-        raise CalibrationError("image has no finite pixel")
-    values = image[finite]
-    if float(values.max()) == float(values.min()):
-        raise CalibrationError(f"image is constant ({values[0]:g})")
-    bad = ~finite | ~np.isfinite(variance) | (variance <= 0)
-    if bad.any():
-        mask[bad] |= np.int32(bits("NO_DATA"))
-        image[bad] = 0.0
-        variance[bad] = np.inf
-    return image, variance, mask
-
-
-def _usable(table: pa.Table) -> np.ndarray:
-    """Deblended sources without flags that spoil positions and fluxes."""
-    ok = np.ones(table.num_rows, dtype=bool)
-    for name in ("pixelFlags_edge", "pixelFlags_saturatedCenter", "pixelFlags_interpolatedCenter",
-                 "pixelFlags_crCenter", "pixelFlags_nodata", "centroid_flag", "psfFlux_flag"):
-        if name in table.column_names:
-            ok &= ~_np(table, name).astype(bool)
-    if "deblend_nChild" in table.column_names:
-        ok &= _np(table, "deblend_nChild") == 0
-    flux = _np(table, "psfFlux_instFlux")
-    return ok & np.isfinite(flux) & (flux > 0)
-
-
 def _psf_flags(x, y, bx, by, *, candidate_rows) -> dict[str, np.ndarray]:
     """Carry the PSF-star flags of the bright pass onto the final sources (nearest, 1.5 px)."""
     n = x.size
@@ -399,16 +355,3 @@ def _psf_flags(x, y, bx, by, *, candidate_rows) -> dict[str, np.ndarray]:
     return out
 
 
-def _attach_summary(exposure: Exposure, psf_stars: pa.Table, background: BackgroundList) -> None:
-    """Compute the summary statistics and store them in the exposure's header cards."""
-    from ..algorithms.summary_stats import compute_summary_stats
-
-    summary = compute_summary_stats(exposure, psf_stars, background)
-    for key, value, _ in summary.to_header_cards():
-        # the FITS writer adds the HIERARCH convention itself
-        exposure.metadata[key.removeprefix("HIERARCH ")] = value
-
-
-def zero_point_of(photo_calib: PhotoCalib) -> float:
-    """AB magnitude of one count (the ``zeroPoint`` summary statistic)."""
-    return photo_calib.zero_point
