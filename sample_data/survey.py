@@ -360,8 +360,11 @@ def simulate_survey(repo, preset: str | SurveyConfig = "demo", *, seed: int = 0,
         raise ValueError(f"run names must differ, got {runs}")
     records = [(element, _new_records(repo, element, recs)) for element, recs in _records(plan)]
 
+    known = {t.name: t for t in repo.dataset_types()}
     for name, (dims, storage_class) in DATASET_TYPES.items():
-        repo.register_dataset_type(name, dims, storage_class)
+        have = known.get(name)
+        if have is None or have.storage_class != storage_class or set(have.dimensions) != set(dims):
+            repo.register_dataset_type(name, dims, storage_class)  # conflicts raise here
     for element, recs in records:
         if recs:
             repo.insert_dimension_records(element, recs)
@@ -374,13 +377,10 @@ def simulate_survey(repo, preset: str | SurveyConfig = "demo", *, seed: int = 0,
                           (runs.raw, "simulated post-ISR images")):
             repo.register_run(name, doc)
             created.append(name)
-        inst = {"instrument": plan.instrument}
         shards = reference_catalog(plan)
         repo.put_many([(table, "reference_catalog", {"healpix": pix})
                        for pix, table in shards.items()], run=runs.refcats, durable=durable)
         result.n_shards = len(shards)
-        repo.put_many([(object_table(plan), "truth_object", inst)], run=runs.truth,
-                      durable=durable)
         t1 = time.perf_counter()
         result.n_images = _render_and_write(repo, plan, runs, n_workers, progress, durable)
         t_render = time.perf_counter() - t1
@@ -415,7 +415,7 @@ def _render_and_write(repo, plan: SurveyPlan, runs: RunNames, n_workers: int,
     inst = plan.instrument
     records: list[dict] = []
     truth: dict[str, list[pa.Table]] = {"vd": [], "psf": [], "art": []}
-    truth_items = []
+    truth_items = [(object_table(plan), "truth_object", {"instrument": inst})]
     done = 0
     results = _ordered_results(job, tasks, n_workers)
     try:
@@ -437,7 +437,7 @@ def _render_and_write(repo, plan: SurveyPlan, runs: RunNames, n_workers: int,
             truth = {"vd": [], "psf": [], "art": []}
             if progress is not None:
                 progress(done, len(tasks))
-        # The per-visit truth tables are small: one commit for all of them.
+        # The truth tables are small: one commit for all of them.
         repo.put_many(truth_items, run=runs.truth, durable=durable)
     except BaseException:
         # Stop the pool (waiting for running tasks), then remove every image
