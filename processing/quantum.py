@@ -111,7 +111,7 @@ class QuantumContext:
 
     def get(self, name: str, **parameters):
         """Read input ``name``: one object, or a dict keyed by the extra data-ID values."""
-        conn = self.task_class.connection(name)
+        conn = self.task_class.input(name)
         refs = self.quantum.inputs.get(name, [])
         if not conn.multiple:
             if not refs:
@@ -130,7 +130,7 @@ class QuantumContext:
         from store.formats import get_storage_class
         from store.formats.parquet import as_arrow
 
-        conn = self.task_class.connection(name)
+        conn = self.task_class.output(name)
         data_id = {k: self.quantum.data_id[k] for k in conn.dimensions
                    if k in self.quantum.data_id}
         missing = [k for k in conn.dimensions if k not in data_id]

@@ -38,11 +38,12 @@ class TripleTask(PipelineTask):
     name = "triple"
     config_class = EmptyConfig
     dimensions = DETECTOR
-    inputs = (Connection("doubled", "toy_doubled", DETECTOR, "StructuredData"),)
-    outputs = (Connection("tripled", "toy_tripled", DETECTOR, "StructuredData"),)
+    # Input and output share a name on purpose (as calibrate's "exposure" does).
+    inputs = (Connection("value", "toy_doubled", DETECTOR, "StructuredData"),)
+    outputs = (Connection("value", "toy_tripled", DETECTOR, "StructuredData"),)
 
-    def run(self, doubled):
-        return TaskResult(tripled={"v": doubled["v"] * 3})
+    def run(self, value):
+        return TaskResult(value={"v": value["v"] * 3})
 
 
 class SumTask(PipelineTask):

@@ -37,6 +37,13 @@ def test_in_process_run_failures_block_dependents(toy_repo):
     assert summary.counts["double"]["succeeded"] == 11 and summary.counts["double"]["failed"] == 1
     assert summary.counts["triple"]["succeeded"] == 11 and summary.counts["triple"]["blocked"] == 1
     assert summary.counts["sum_visit"]["succeeded"] == 3
+    rows = toy_repo.sql("SELECT dataset_type, count(*) AS n FROM main.dataset WHERE run = $r "
+                        "GROUP BY 1", {"r": summary.run}).to_pylist()
+    per_type = {r["dataset_type"]: r["n"] for r in rows}
+    assert per_type == {"toy_doubled": 11, "toy_tripled": 11, "toy_summed": 3}
+    tripled = toy_repo.get("toy_tripled", {"instrument": "Cam", "visit": 2, "detector": 1},
+                           collections=summary.run)
+    assert tripled == {"v": 21.0 * 2 * 3}
     assert "unlucky value 13.0" in summary.failures[0][1] and "visit=1" in summary.failures[0][1]
     sums = toy_repo.sql("SELECT visit, sum(v) AS s, count(*) AS n FROM toy_summed "
                         "GROUP BY visit ORDER BY visit").to_pylist()

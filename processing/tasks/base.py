@@ -123,9 +123,17 @@ class PipelineTask:
                 context.put(value, conn.name)
 
     @classmethod
-    def connection(cls, name: str) -> Connection:
-        """The input or output connection called ``name``."""
-        for conn in (*cls.inputs, *cls.outputs):
+    def input(cls, name: str) -> Connection:
+        """The input connection called ``name``."""
+        for conn in cls.inputs:
             if conn.name == name:
                 return conn
-        raise KeyError(f"{cls.name} has no connection {name!r}")
+        raise KeyError(f"{cls.name} has no input {name!r}")
+
+    @classmethod
+    def output(cls, name: str) -> Connection:
+        """The output connection called ``name`` (inputs and outputs may share names)."""
+        for conn in cls.outputs:
+            if conn.name == name:
+                return conn
+        raise KeyError(f"{cls.name} has no output {name!r}")

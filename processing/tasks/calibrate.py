@@ -65,6 +65,7 @@ from .catalogs import calibrated_source_table, psf_star_table
 from .refcat import concat_shards, lookup_reference_shards
 from .single_frame import (
     SingleFrameError,
+    StepClock,
     attach_summary,
     bbox_tuple,
     column,
@@ -166,12 +167,14 @@ class CalibrateTask(PipelineTask):
             raise CalibrationError("exposure has no band (VisitInfo.band)")
         if f"{band}_flux" not in (refcat.column_names if refcat is not None else []):
             raise CalibrationError(f"reference catalog has no {band}_flux column or no rows")
+        clock = StepClock()
         exp = exposure.copy()
         image, variance, mask = prepare_planes(exp)
         bbox = exp.bbox
         metadata: dict = {}
 
         # 1-3: first background, PSF size, cosmic rays.
+        clock.start("background+cr")
         bg1 = estimate_background(image, mask, cfg.background)
         work = image - bg1.evaluate()
         sigma0 = self._estimate_psf_sigma(work, variance, mask)
@@ -180,6 +183,7 @@ class CalibrateTask(PipelineTask):
                                                              cfg.cosmic_rays)
 
         # 4: PSF stars and the PSF model.
+        clock.start("psf")
         bright_cfg = dataclasses.replace(cfg.detection, threshold=cfg.psf_detection_threshold)
         bright, bright_det = detect_and_measure(work, variance, mask, GaussianPsf(sigma0), sigma0,
                                                 bright_cfg, cfg.deblend, cfg.measurement)
@@ -203,12 +207,14 @@ class CalibrateTask(PipelineTask):
         metadata["psf_sigma"] = sigma
 
         # 5: background again, with the bright detections masked.
+        clock.start("background2")
         bg_mask = mask | (bright_det.mask & np.int32(bits("DETECTED")))
         bg2 = estimate_background(image, bg_mask, cfg.background)
         work += bg1.evaluate() - bg2.evaluate()
         background = BackgroundList([bg2])
 
         # 6: all sources, with the PSF model.
+        clock.start("measure")
         table, det = detect_and_measure(work, variance, mask, psf, sigma, cfg.detection,
                                         cfg.deblend, cfg.measurement)
         mask = det.mask
@@ -218,6 +224,7 @@ class CalibrateTask(PipelineTask):
         flags = _psf_flags(x, y, bx, by, candidate_rows=psf_fit)
 
         # 7: aperture corrections from the PSF stars.
+        clock.start("apcorr")
         order = cfg.apcorr_order
         while order > 0 and flags["calib_psf_used"].sum() < cfg.apcorr_min_stars_per_term * (
                 order + 1) ** 2:
@@ -229,6 +236,7 @@ class CalibrateTask(PipelineTask):
         table = apply_aperture_correction(table, ap_corr_map)
 
         # 8: astrometry from the header WCS.
+        clock.start("astrometry")
         snr = column(table, "psfFlux_instFlux") / column(table, "psfFlux_instFluxErr")
         good = usable_sources(table) & (snr > cfg.calib_min_snr)
         ref_ra, ref_dec = column(refcat, "coord_ra"), column(refcat, "coord_dec")
@@ -251,11 +259,13 @@ class CalibrateTask(PipelineTask):
                         astrom_offset_std=astrom.offset_std_arcsec)
 
         # 9: photometric zero point.
+        clock.start("photometry")
         photo_used, photo_calib, zp = self._photometry(table, ra, dec, good, refcat, band)
         metadata.update(zero_point=zp.zero_point, zero_point_err=zp.zero_point_err,
                         n_photometry_stars=int(zp.n_used))
 
         # 10: the products.
+        clock.start("products")
         visit_info, det_info = exp.visit_info, exp.detector
         visit = int(visit_info.visit) if visit_info and visit_info.visit is not None else 0
         detector = int(det_info.id) if det_info is not None else 0
@@ -282,7 +292,8 @@ class CalibrateTask(PipelineTask):
         out.metadata["MAGZERO_NOBJ"] = int(zp.n_used)
         attach_summary(out, psf_stars, background)
         metadata.update(n_sources=sources.num_rows, n_psf_used=int(flags["calib_psf_used"].sum()),
-                        n_psf_reserved=int(flags["calib_psf_reserved"].sum()))
+                        n_psf_reserved=int(flags["calib_psf_reserved"].sum()),
+                        cpu_seconds=clock.stop())
         return TaskResult(exposure=out, background=background.to_bundle(), psf_stars=psf_stars,
                           sources=sources, metadata=metadata)
 

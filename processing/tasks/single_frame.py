@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import numpy as np
@@ -17,12 +18,36 @@ from ..algorithms.deblend import DeblendConfig, deblend
 from ..algorithms.detection import DetectionConfig, detect_sources
 from ..algorithms.measure import MeasurementConfig, measure_sources
 
-__all__ = ["SingleFrameError", "attach_summary", "bbox_tuple", "column", "detect_and_measure",
-           "prepare_planes", "usable_sources"]
+__all__ = ["SingleFrameError", "StepClock", "attach_summary", "bbox_tuple", "column",
+           "detect_and_measure", "prepare_planes", "usable_sources"]
 
 
 class SingleFrameError(DrpError, RuntimeError):
     """A single-frame step cannot proceed (the message says why)."""
+
+
+class StepClock:
+    """CPU seconds per named step, for the quantum's metadata (provenance and tuning)."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+        self._name: str | None = None
+        self._t0 = 0.0
+
+    def start(self, name: str) -> None:
+        """End the current step (if any) and start ``name``."""
+        now = time.process_time()
+        if self._name is not None:
+            self.times[self._name] = round(self.times.get(self._name, 0.0) + now - self._t0, 3)
+        self._name, self._t0 = name, now
+
+    def stop(self) -> dict[str, float]:
+        """End the current step; returns every step's CPU seconds."""
+        if self._name is not None:
+            now = time.process_time()
+            self.times[self._name] = round(self.times.get(self._name, 0.0) + now - self._t0, 3)
+        self._name = None
+        return dict(self.times)
 
 
 def detect_and_measure(image, variance, mask, psf, sigma: float, detection: DetectionConfig,
