@@ -38,7 +38,7 @@ from .datastore import (
     transfer_file,
     verify_file,
 )
-from .dimensions import ELEMENTS
+from .dimensions import ELEMENTS, KEY_TYPES
 from .errors import (
     CollectionError,
     DatasetExistsError,
@@ -56,6 +56,10 @@ from .sphgeom import Circle, ConvexPolygon
 __all__ = ["REGISTRY_FILE", "Repo", "VerifyReport"]
 
 REGISTRY_FILE = "registry.duckdb"
+
+
+#: Arrow types of data-ID columns (typed even for empty tables).
+_KEY_ARROW = {"INTEGER": pa.int32(), "BIGINT": pa.int64(), "VARCHAR": pa.string()}
 
 
 def _serialize_all(objects: list, storage_classes: list):
@@ -366,8 +370,9 @@ class Repo:
         for key in dt.dimensions:
             if key not in out.column_names:
                 values = [did[key] for _, did, _ in entries]
-                out = out.append_column(key, pa.array(np.repeat(np.asarray(values, dtype=object),
-                                                                lengths).tolist()))
+                out = out.append_column(key, pa.array(
+                    np.repeat(np.asarray(values, dtype=object), lengths).tolist(),
+                    type=_KEY_ARROW[KEY_TYPES[key]]))
         ids = np.repeat(np.array([str(i) for _, _, i in entries], dtype=object), lengths)
         out = out.append_column("_dataset_id", pa.array(ids.tolist(), pa.string()))
         return out.append_column("_run", pa.array([run] * out.num_rows, pa.string()))
@@ -379,9 +384,10 @@ class Repo:
         out = table.drop_columns(sql_excluded_columns(table))  # large blobs stay in the file
         for key, value in did.items():
             if key not in out.column_names:
-                out = out.append_column(key, pa.array([value] * n))
-        out = out.append_column("_dataset_id", pa.array([str(ref_id)] * n))
-        return out.append_column("_run", pa.array([run] * n))
+                out = out.append_column(key, pa.array([value] * n,
+                                                      type=_KEY_ARROW[KEY_TYPES[key]]))
+        out = out.append_column("_dataset_id", pa.array([str(ref_id)] * n, pa.string()))
+        return out.append_column("_run", pa.array([run] * n, pa.string()))
 
     def ingest(self, paths: Sequence[str | os.PathLike], dataset_type: str,
                data_ids: Sequence[Mapping[str, Any]], *, run: str, transfer: str = "copy"

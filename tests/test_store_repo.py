@@ -293,3 +293,13 @@ def test_export_import_roundtrip_keeps_ids_rows_and_checksums(filled_repo, tmp_p
         assert other.verify().ok
     with pytest.raises(DrpError, match="not empty"):
         repo.export_datasets(subset, tmp_path / "export")
+
+
+def test_empty_tables_do_not_break_later_puts(filled_repo):
+    repo = filled_repo
+    empty = pa.table({"flux": pa.array([], pa.float64())})
+    repo.put(empty, "src", {"instrument": "Cam", "visit": 0, "detector": 0}, run="raw")
+    repo.put(pa.table({"flux": [2.5]}), "src", {"instrument": "Cam", "visit": 1, "detector": 0},
+             run="raw")
+    rows = repo.sql("SELECT instrument, visit, flux FROM main.src").to_pylist()
+    assert rows == [{"instrument": "Cam", "visit": 1, "flux": 2.5}]
