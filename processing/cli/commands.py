@@ -115,3 +115,22 @@ def register_skymap_cmd(repo, name, rings, discrete, all_tracts) -> None:
         counts = register_skymap(r, name, skymap, all_tracts=all_tracts)
     click.echo(f"registered sky map {name}: {counts['tracts']} tract(s), "
                f"{counts['patches']} patch(es)")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(), default="demo-repo", required=False)
+@click.option("--preset", default="demo", show_default=True, help="Survey preset to simulate.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--jobs", "-j", type=int, default=None, help="Worker processes (default: cores).")
+@click.option("--no-export", is_flag=True, help="Skip the data-release export.")
+@click.option("--no-report", is_flag=True, help="Skip the QA report.")
+@handle_errors
+def demo(directory, preset, seed, jobs, no_export, no_report) -> None:
+    """Simulate a small survey in DIRECTORY, run the whole pipeline, export a release."""
+    from processing.demo import format_result, run_demo
+
+    result = run_demo(directory, preset=preset, seed=seed, jobs=jobs, export=not no_export,
+                      report=not no_report, echo=click.echo)
+    click.echo(format_result(result))
+    if result.summary is not None and not result.summary.ok:
+        sys.exit(1)

@@ -1,0 +1,151 @@
+"""``drp demo``: simulate a small survey, run the whole pipeline, export a release.
+
+What a newcomer runs first.  Every step goes through the same library calls a
+user would make (:func:`sample_data.simulate_survey`,
+:func:`processing.pipeline.run_pipeline`, :func:`store.release.export_release`),
+so the demo also exercises the whole system end to end.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DemoResult", "run_demo"]
+
+SKYMAP = "lsst_cells_v1"
+
+
+@dataclass
+class DemoResult:
+    """What the demo made and how long each step took (seconds)."""
+
+    repo: Path
+    release: Path | None = None
+    report: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    summary: Any = None
+    dataset_counts: list[tuple[str, int]] = field(default_factory=list)
+    per_band: list[dict] = field(default_factory=list)
+
+
+def _say(echo, text: str) -> None:
+    if echo is not None:
+        echo(text)
+
+
+def run_demo(directory: str | Path = "demo-repo", *, preset: str = "demo", seed: int = 0,
+             jobs: int | None = None, n_visits: int | None = None, export: bool = True,
+             report: bool = True, echo=print) -> DemoResult:
+    """Simulate the demo survey into ``directory`` and process it completely.
+
+    Parameters
+    ----------
+    directory : path-like
+        New directory for the repository (the release goes to ``<dir>/release``,
+        the report to ``<dir>/report.html``).
+    preset, seed, n_visits
+        Survey to simulate (see :func:`sample_data.simulate_survey`).
+    jobs : int, optional
+        Worker processes (default: one per core).
+    export, report : bool
+        Also export a data release / write the QA report.
+    echo : callable or None
+        Progress messages.
+
+    Returns
+    -------
+    DemoResult
+    """
+    from processing.pipeline import run_pipeline
+    from processing.pipelines import get_pipeline
+    from processing.skymap import RingsSkyMap
+    from processing.skymap.register import register_skymap
+    from sample_data import simulate_survey
+    from store import Repo
+
+    root = Path(directory)
+    result = DemoResult(root)
+    t0 = time.monotonic()
+    repo = Repo.create(root)
+    _say(echo, f"[1/4] simulating the {preset!r} survey into {repo.root} ...")
+    t = time.monotonic()
+    sim = simulate_survey(repo, preset=preset, seed=seed, n_visits=n_visits, n_workers=jobs)
+    result.timings["simulate"] = time.monotonic() - t
+    _say(echo, f"      {sim.n_images} images, {sim.n_shards} reference-catalog shards "
+               f"({result.timings['simulate']:.0f} s)")
+    register_skymap(repo, SKYMAP, RingsSkyMap(120))
+
+    _say(echo, "[2/4] running the data-release pipeline ...")
+    t = time.monotonic()
+    summary = run_pipeline(repo, get_pipeline("drp"), inputs=["inputs"], output="demo/DR1",
+                           jobs=jobs, progress=echo is not None)
+    result.timings["pipeline"] = time.monotonic() - t
+    result.summary = summary
+    _say(echo, summary.format())
+
+    if export:
+        try:
+            from store.release import export_release
+        except ImportError:  # pragma: no cover - release support is part of the package
+            export_release = None
+        if export_release is not None:
+            _say(echo, "[3/4] exporting the release ...")
+            t = time.monotonic()
+            target = root / "release"
+            export_release(repo, target, collection="demo/DR1")
+            result.release = target
+            result.timings["export"] = time.monotonic() - t
+    if report:
+        try:
+            from processing.report import write_report
+        except ImportError:
+            write_report = None
+        if write_report is not None:
+            _say(echo, "[4/4] writing the QA report ...")
+            t = time.monotonic()
+            result.report = write_report(repo, root / "report.html", collection="demo/DR1")
+            result.timings["report"] = time.monotonic() - t
+    result.dataset_counts = [(r["dataset_type"], r["n"]) for r in repo.sql(
+        "SELECT dataset_type, count(*) AS n FROM main.dataset GROUP BY 1 ORDER BY 1").to_pylist()]
+    from store.errors import InvalidQueryError
+
+    try:
+        result.per_band = repo.sql(
+            "SELECT band, count(DISTINCT visitId) AS visits, round(median(seeing), 3) AS seeing, "
+            "round(median(magLim), 2) AS magLim, round(median(zeroPoint), 3) AS zeroPoint "
+            "FROM CcdVisit GROUP BY band ORDER BY band").to_pylist()
+    except InvalidQueryError:  # CcdVisit exists only once visit summaries do
+        result.per_band = []
+    repo.close()
+    result.timings["total"] = time.monotonic() - t0
+    return result
+
+
+def format_result(result: DemoResult) -> str:
+    """The closing summary printed by ``drp demo``."""
+    lines = ["", f"drp demo finished in {result.timings.get('total', 0):.0f} s", "",
+             "datasets produced:"]
+    lines += [f"  {name:<36} {n}" for name, n in result.dataset_counts]
+    if result.per_band:
+        lines += ["", "per band (medians over detectors):",
+                  "  band  visits  seeing[\"]  depth(5sigma)  zeroPoint"]
+        lines += [f"  {r['band']:<4}  {r['visits']:>6}  {r['seeing']:>9}  {r['magLim']:>13}  "
+                  f"{r['zeroPoint']:>9}" for r in result.per_band]
+    lines += ["", f"repository: {result.repo}"]
+    if result.release:
+        lines.append(f"release:    {result.release}")
+    if result.report:
+        lines.append(f"QA report:  {result.report}")
+    repo = result.repo
+    lines += ["", "try:",
+              f"  drp sql {repo} \"SELECT band, count(*), median(seeing) FROM CcdVisit "
+              "GROUP BY band\"",
+              f"  drp sql {repo} \"SELECT TOP 5 visitId, detector, seeing, magLim FROM dp1.CcdVisit "
+              "ORDER BY seeing\"",
+              f"  drp sql {repo} \"SELECT visit, count(*) AS n FROM Source WHERE "
+              "CONTAINS(POINT('ICRS', coord_ra, coord_dec), CIRCLE('ICRS', 53.1, -28.1, 0.05)) = 1 "
+              "GROUP BY visit\""]
+    return "\n".join(lines)
