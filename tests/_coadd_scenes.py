@@ -101,13 +101,13 @@ class Scene:
 
 
 def make_scene(*, n_visits: int = 5, det_size: int = 260, gap: int = 12, seed: int = 1,
-               n_stars: int = 40, sky_sigma: float = 10.0, sigmas=None, trail_visit: int | None = None,
+               n_stars: int = 25, sky_sigma: float = 10.0, sigmas=None, trail_visit: int | None = None,
                n_cosmics: int = 0, variable_star: bool = False, band: str = "r",
                patch_index=(2, 2)) -> Scene:
     """A star field seen by ``n_visits`` 2 x 2 mosaics covering one patch.
 
-    Stars: ``n_stars`` at random positions in the patch plus a 3 x 3 grid of bright
-    isolated ones; fluxes in nJy.  Noise: Gaussian with variance ``sky_sigma**2``
+    Stars: ``n_stars`` at random positions in the patch plus a 4 x 4 grid of bright
+    ones (2e5 nJy); fluxes in nJy.  Noise: Gaussian with variance ``sky_sigma**2``
     (nJy^2, scaled by 1 + visit/10 to vary the weights).  ``trail_visit`` gets a
     satellite trail across the patch; every visit gets ``n_cosmics`` cosmic rays.
     """
@@ -120,11 +120,11 @@ def make_scene(*, n_visits: int = 5, det_size: int = 260, gap: int = 12, seed: i
     xs = rng.uniform(inner.x0 + 10, inner.x1 - 10, n_stars)
     ys = rng.uniform(inner.y0 + 10, inner.y1 - 10, n_stars)
     flux = 10 ** rng.uniform(3.0, 4.5, n_stars)
-    gx, gy = np.meshgrid(np.linspace(inner.x0 + 60, inner.x1 - 60, 3),
-                         np.linspace(inner.y0 + 60, inner.y1 - 60, 3))
-    xs = np.concatenate([xs, gx.ravel()])
-    ys = np.concatenate([ys, gy.ravel()])
-    flux = np.concatenate([flux, np.full(9, 2e5)])
+    gx, gy = np.meshgrid(np.linspace(inner.x0 + 50, inner.x1 - 50, 4),
+                         np.linspace(inner.y0 + 50, inner.y1 - 50, 4))
+    xs = np.concatenate([xs, gx.ravel() + rng.uniform(-0.5, 0.5, 16)])
+    ys = np.concatenate([ys, gy.ravel() + rng.uniform(-0.5, 0.5, 16)])
+    flux = np.concatenate([flux, np.full(16, 2e5)])
     star_ra, star_dec = tract.pixel_to_sky(xs, ys)
     var_flux = None
     if variable_star:
@@ -210,3 +210,11 @@ def make_scene(*, n_visits: int = 5, det_size: int = 260, gap: int = 12, seed: i
         summaries[v] = VisitSummaryCatalog.from_detectors(entries)
     return Scene(skymap, tract, patch, exposures, summaries, star_ra, star_dec, flux, psfs,
                  noise, artefact_flux, var_flux)
+
+
+def isolated(x, y, flux, radius: float = 20.0, fraction: float = 0.01) -> np.ndarray:
+    """Stars without a neighbour brighter than ``fraction`` of their flux within ``radius`` px."""
+    d = np.hypot(x[:, None] - x[None], y[:, None] - y[None])
+    np.fill_diagonal(d, np.inf)
+    matters = flux[None, :] > fraction * flux[:, None]
+    return ~np.any((d < radius) & matters, axis=1)
