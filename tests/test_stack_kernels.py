@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from processing.algorithms.stack import stack_mean, stack_meanclip
-from processing.algorithms.stack_kernels import stack_block
+from processing.algorithms.stack_kernels import robust_template, stack_block
 from store.masks import bits
 
 
@@ -85,10 +85,32 @@ def test_hand_computed_pixel():
 def test_misuse_is_reported():
     x = np.ones((2, 3, 3), np.float32)
     with pytest.raises(ValueError, match="statistic must be one of"):
-        stack_block(x, x, None, [1, 1], statistic="MEDIAN")
+        stack_block(x, x, None, [1, 1], statistic="MODE")
     with pytest.raises(ValueError, match="weights must be finite and > 0"):
         stack_block(x, x, None, [1, -1])
     with pytest.raises(ValueError, match="got 2 images but 3 weights"):
         stack_block(x, x, None, [1, 1, 1])
     with pytest.raises(ValueError, match="variances must have shape"):
         stack_block(x, x[:, :2], None, [1, 1])
+
+
+def test_median_and_robust_mean_templates():
+    x, v, m, w = random_inputs(seed=8)
+    bad = bits("NO_DATA", "BAD", "SAT", "EDGE")
+    med = stack_block(x, v, m, w, statistic="MEDIAN", bad_mask=bad)
+    accepted = np.isfinite(x) & np.isfinite(v) & ((m & bad) == 0)
+    ref = np.nanmedian(np.where(accepted, x, np.nan), axis=0)
+    empty = ~accepted.any(axis=0)
+    np.testing.assert_allclose(med.image[~empty], ref[~empty], rtol=1e-6)
+    assert np.all(np.isnan(med.image[empty])) and np.all(med.mask[empty] & bits("NO_DATA"))
+    np.testing.assert_array_equal(med.n_image, accepted.sum(axis=0))
+    # ROBUSTMEAN: the weighted mean of the inputs within 3 of their sigmas of that median.
+    img, var, n, wsum = robust_template(x, v, m, w, bad_mask=bad, n_sigma=3.0)
+    near = accepted & (np.abs(x - med.image) <= 3 * np.sqrt(v))
+    ws = np.where(near, w[:, None, None], 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected = (ws * np.where(near, x, 0)).sum(0) / ws.sum(0)
+    some = near.any(axis=0)
+    np.testing.assert_allclose(img[some], expected[some], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(wsum[some], ws.sum(0)[some], rtol=1e-9)
+    np.testing.assert_array_equal(n, accepted.sum(axis=0))
