@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -183,14 +184,27 @@ def _backing_types(repo, spec: TableSpec, views: dict[str, str]) -> list[str]:
 
 
 def _read_rows(repo, spec: TableSpec, relation: str | None) -> pa.Table:
+    """The table's rows, ordered by its key so a re-export writes identical files.
+
+    Rows usually come out of the registry already in key order (datasets are
+    registered in ID order), so the key is checked first and the rows sorted only
+    when needed: a DuckDB ``ORDER BY`` costs 30% more than the plain read on 3
+    million sources.
+    """
     if spec.query is not None:
         return repo.sql(spec.query)
     cols = repo.sql(f'SELECT * FROM "{relation}" LIMIT 0', adql=False).column_names
-    if spec.order_by and all(c in cols for c in spec.order_by):
-        order = ", ".join(f'"{c}"' for c in spec.order_by)
-    else:
-        order = "ALL"
-    return repo.sql(f'SELECT * FROM "{relation}" ORDER BY {order}', adql=False)
+    if not (spec.order_by and all(c in cols for c in spec.order_by)):
+        return repo.sql(f'SELECT * FROM "{relation}" ORDER BY ALL', adql=False)
+    rows = repo.sql(f'SELECT * FROM "{relation}"', adql=False)
+    if len(spec.order_by) == 1 and rows.num_rows > 1:
+        key = rows.column(spec.order_by[0])
+        if key.null_count == 0 and (pa.types.is_integer(key.type)
+                                    or pa.types.is_floating(key.type)):
+            values = key.to_numpy()
+            if bool(np.all(values[1:] > values[:-1])):
+                return rows
+    return rows.sort_by([(c, "ascending") for c in spec.order_by])
 
 
 def _descriptions(repo, refs_by_type: dict[str, Any]) -> dict[str, tuple[str, str]]:
@@ -230,14 +244,13 @@ def _notice(notices: list[str], text: str) -> None:
 def _export_tables(repo, config: ExportConfig, tmp: Path, search: str | None,
                    notices: list[str], timings: dict[str, float]
                    ) -> tuple[list[ExportedTable], list[dict], dict[str, Any]]:
-    from .hats_writer import write_hats_catalog
+    from .hats_writer import parquet_options, write_hats_catalog
 
     relations = _relations(repo)
     views = _view_sql(repo)
     tables: list[ExportedTable] = []
     schemas: list[dict] = []
     backing: dict[str, Any] = {}
-    codec = None if config.compression == "none" else config.compression
     for spec in config.selected_tables():
         relation = relations.get(spec.name.lower())
         if spec.query is None and relation is None:
@@ -264,7 +277,7 @@ def _export_tables(repo, config: ExportConfig, tmp: Path, search: str | None,
             meta = {**(rows.schema.metadata or {}),
                     **{k.encode(): v.encode() for k, v in astropy_metadata(rows, entries).items()}}
             plain = pool.submit(pq.write_table, rows.replace_schema_metadata(meta), tmp / rel,
-                                compression=codec)
+                                **parquet_options(rows.schema, config.compression))
             if pos is None:
                 _notice(notices, f"table {spec.name} has no sky position columns; "
                                  "no HATS catalog")

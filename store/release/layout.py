@@ -67,10 +67,14 @@ def list_files(root: Path) -> list[str]:
 
 def write_manifest(root: Path, release: dict[str, Any]) -> dict[str, Any]:
     """Checksum every file of the release and write ``MANIFEST.json``; returns it."""
-    files = []
-    for rel in list_files(root):
-        size, checksum = checksum_file(root / rel)
-        files.append({"path": rel, "size": size, "checksum": checksum})
+    from concurrent.futures import ThreadPoolExecutor
+
+    rels = list_files(root)
+    # hashlib releases the GIL on large buffers: two threads hash twice as fast.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        sums = list(pool.map(lambda rel: checksum_file(root / rel), rels))
+    files = [{"path": rel, "size": size, "checksum": checksum}
+             for rel, (size, checksum) in zip(rels, sums, strict=True)]
     manifest = {"format": FORMAT, "release": release, "files": files,
                 "n_files": len(files), "total_bytes": sum(f["size"] for f in files)}
     (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
