@@ -84,12 +84,17 @@ def build_quanta(task_class, config, repo, collections: list[str], run: str, *,
         return custom(config, repo, collections, run, where=where, bind=bind)
     dims = tuple(task_class.dimensions)
     groups: dict[str, dict[tuple, list]] = {}
+    key_dims: dict[str, tuple[str, ...]] = {}
     required = [c for c in task_class.inputs if not c.optional and not c.lookup]
     if not required:
         raise ValueError(f"{task_class.name} has no required input to build quanta from")
     for conn in task_class.inputs:
         if conn.lookup:
             continue
+        # An input keys the quanta by the task dimensions it has: all of them (the
+        # same or finer dimensions), or a subset (a per-visit summary for a
+        # per-detector task), matched by projecting each quantum's data ID.
+        key_dims[conn.name] = tuple(d for d in dims if d in conn.dimensions)
         clause = applicable_where(where, conn.dimensions)
         try:
             refs = repo.query_datasets(conn.dataset_type, clause, bind=bind,
@@ -100,30 +105,34 @@ def build_quanta(task_class, config, repo, collections: list[str], run: str, *,
             refs = repo.query_datasets(conn.dataset_type, collections=collections)
         by_key: dict[tuple, list] = {}
         for ref in refs:
-            try:
-                key = tuple(ref.data_id[d] for d in dims if d in ref.data_id)
-            except KeyError:
-                continue
+            key = tuple(ref.data_id[d] for d in key_dims[conn.name])
             by_key.setdefault(key, []).append(ref)
         groups[conn.name] = by_key
+    full = [c for c in required if key_dims[c.name] == dims]
+    if not full:
+        raise ValueError(f"{task_class.name}: no required input spans its dimensions {dims}; "
+                         "give the task a build_quanta")
     keys = None
-    for conn in required:
+    for conn in full:
         ks = set(groups[conn.name])
         keys = ks if keys is None else keys & ks
     quanta = []
     for key in sorted(keys or []):
-        data_id = dict(zip([d for d in dims], key, strict=False))
-        if len(data_id) != len(dims):
-            continue
+        data_id = dict(zip(dims, key, strict=True))
         inputs = {}
+        complete = True
         for conn in task_class.inputs:
             if conn.lookup:
                 continue
-            refs = groups[conn.name].get(key, [])
+            sub = tuple(data_id[d] for d in key_dims[conn.name])
+            refs = groups[conn.name].get(sub, [])
             if not refs:
+                complete = complete and conn.optional
                 continue
             chosen = refs if conn.multiple else refs[:1]
             inputs[conn.name] = [input_ref(repo, r) for r in chosen]
+        if not complete:
+            continue
         outputs = {c.name: [] for c in task_class.outputs}
         quanta.append(Quantum(task_class.name, task_class, config, data_id, inputs, outputs, run,
                               str(repo.root), key=quantum_key(task_class.name, data_id)))
