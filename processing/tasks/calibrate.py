@@ -49,9 +49,9 @@ from ..algorithms.apcorr import apply_aperture_correction, measure_aperture_corr
 from ..algorithms.astrometry import AstrometryConfig, solve_astrometry
 from ..algorithms.background import BackgroundConfig, BackgroundList, estimate_background
 from ..algorithms.cosmic_rays import CosmicRayConfig, repair_cosmic_rays
-from ..algorithms.deblend import DeblendConfig
+from ..algorithms.deblend import DeblendConfig, deblend
 from ..algorithms.detection import DetectionConfig, detect_sources
-from ..algorithms.measure import MeasurementConfig
+from ..algorithms.measure import MeasurementConfig, measure_sources
 from ..algorithms.moments import determinant_radius, psf_moments_at
 from ..algorithms.photocal import PhotoCalConfig, fit_zero_point
 from ..algorithms.psf_determination import (
@@ -185,8 +185,10 @@ class CalibrateTask(PipelineTask):
         # 4: PSF stars and the PSF model.
         clock.start("psf")
         bright_cfg = dataclasses.replace(cfg.detection, threshold=cfg.psf_detection_threshold)
-        bright, bright_det = detect_and_measure(work, variance, mask, GaussianPsf(sigma0), sigma0,
-                                                bright_cfg, cfg.deblend, cfg.measurement)
+        # The PSF-star pass needs shapes and PSF fluxes only: two apertures suffice.
+        light = dataclasses.replace(cfg.measurement, radii=(12.0, 17.0))
+        bright, _ = detect_and_measure(work, variance, mask, GaussianPsf(sigma0), sigma0,
+                                       bright_cfg, cfg.deblend, light)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             candidate = select_psf_candidates(bright, config=cfg.psf)
@@ -206,20 +208,31 @@ class CalibrateTask(PipelineTask):
         sigma = float(determinant_radius(*psf_moments_at(psf, cx, cy)))
         metadata["psf_sigma"] = sigma
 
-        # 5: background again, with the bright detections masked.
+        # 5: detect everything at 5 sigma, then the background again with all the
+        # detections masked (faint sources bias a background fitted around bright
+        # ones only: sky sources came out 0.05 sigma negative that way).
+        clock.start("detect")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            det = detect_sources(work, variance, mask, sigma, cfg.detection)
+            blend = deblend(det, work, variance, sigma, cfg.deblend)
+        if len(blend.catalog) == 0:
+            raise CalibrationError("no source detected above threshold")
         clock.start("background2")
-        bg_mask = mask | (bright_det.mask & np.int32(bits("DETECTED")))
+        bg_mask = mask | (det.mask & np.int32(bits("DETECTED")))
         bg2 = estimate_background(image, bg_mask, cfg.background)
         work += bg1.evaluate() - bg2.evaluate()
         background = BackgroundList([bg2])
 
-        # 6: all sources, with the PSF model.
+        # 6: measure every source with the PSF model.
         clock.start("measure")
-        table, det = detect_and_measure(work, variance, mask, psf, sigma, cfg.detection,
-                                        cfg.deblend, cfg.measurement)
         mask = det.mask
-        if table.num_rows == 0:
-            raise CalibrationError("no source detected above threshold")
+        cat = blend.catalog
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            table = measure_sources(work, variance, mask, psf, cat["peak_x"], cat["peak_y"],
+                                    segmentation=blend.segmentation, ids=cat["id"],
+                                    parents=cat["parent"], config=cfg.measurement)
         x, y = column(table, "x"), column(table, "y")
         flags = _psf_flags(x, y, bx, by, candidate_rows=psf_fit)
 
