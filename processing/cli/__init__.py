@@ -204,7 +204,7 @@ def collections(repo, fmt) -> None:
 def _register_subcommands() -> None:
     # Commands defined in other modules register themselves on import; the
     # modules are light (they import their heavy dependencies lazily).
-    from . import commands, release  # noqa: F401
+    from . import commands, release, report  # noqa: F401
 
 
 _register_subcommands()
