@@ -103,11 +103,11 @@ class Scene:
 def make_scene(*, n_visits: int = 5, det_size: int = 260, gap: int = 12, seed: int = 1,
                n_stars: int = 25, sky_sigma: float = 10.0, sigmas=None, trail_visit: int | None = None,
                n_cosmics: int = 0, variable_star: bool = False, band: str = "r",
-               patch_index=(2, 2)) -> Scene:
+               patch_index=(2, 2), bright_grid: int = 4) -> Scene:
     """A star field seen by ``n_visits`` 2 x 2 mosaics covering one patch.
 
-    Stars: ``n_stars`` at random positions in the patch plus a 4 x 4 grid of bright
-    ones (2e5 nJy); fluxes in nJy.  Noise: Gaussian with variance ``sky_sigma**2``
+    Stars: ``n_stars`` at random positions in the patch plus a ``bright_grid``
+    square grid of bright ones (2e5 nJy); fluxes in nJy.  Noise: Gaussian with variance ``sky_sigma**2``
     (nJy^2, scaled by 1 + visit/10 to vary the weights).  ``trail_visit`` gets a
     satellite trail across the patch; every visit gets ``n_cosmics`` cosmic rays.
     """
@@ -120,11 +120,12 @@ def make_scene(*, n_visits: int = 5, det_size: int = 260, gap: int = 12, seed: i
     xs = rng.uniform(inner.x0 + 10, inner.x1 - 10, n_stars)
     ys = rng.uniform(inner.y0 + 10, inner.y1 - 10, n_stars)
     flux = 10 ** rng.uniform(3.0, 4.5, n_stars)
-    gx, gy = np.meshgrid(np.linspace(inner.x0 + 50, inner.x1 - 50, 4),
-                         np.linspace(inner.y0 + 50, inner.y1 - 50, 4))
-    xs = np.concatenate([xs, gx.ravel() + rng.uniform(-0.5, 0.5, 16)])
-    ys = np.concatenate([ys, gy.ravel() + rng.uniform(-0.5, 0.5, 16)])
-    flux = np.concatenate([flux, np.full(16, 2e5)])
+    gx, gy = np.meshgrid(np.linspace(inner.x0 + 50, inner.x1 - 50, bright_grid),
+                         np.linspace(inner.y0 + 50, inner.y1 - 50, bright_grid))
+    nb = bright_grid * bright_grid
+    xs = np.concatenate([xs, gx.ravel() + rng.uniform(-0.5, 0.5, nb)])
+    ys = np.concatenate([ys, gy.ravel() + rng.uniform(-0.5, 0.5, nb)])
+    flux = np.concatenate([flux, np.full(nb, 2e5)])
     star_ra, star_dec = tract.pixel_to_sky(xs, ys)
     var_flux = None
     if variable_star:
@@ -218,3 +219,23 @@ def isolated(x, y, flux, radius: float = 20.0, fraction: float = 0.01) -> np.nda
     np.fill_diagonal(d, np.inf)
     matters = flux[None, :] > fraction * flux[:, None]
     return ~np.any((d < radius) & matters, axis=1)
+
+
+def warp_scene(scene, task=None):
+    """Warps of every visit, and warps of the injected artefacts alone (same geometry)."""
+    from processing.tasks.make_warp import MakeWarpTask
+
+    task = task or MakeWarpTask()
+    warps, artefacts = {}, {}
+    for v, exps in scene.exposures.items():
+        out = task.run(exps, scene.summaries[v], tract_wcs=scene.tract.wcs,
+                       patch_bbox=scene.patch.outer_bbox)
+        warps[("Cam", v)] = out["warp"]
+        if any(np.any(a) for a in scene.artefact_flux[v].values()):
+            only = {d: Exposure(scene.artefact_flux[v][d].astype(np.float32), None,
+                                np.ones(e.image.shape, np.float32), wcs=e.wcs, psf=e.psf,
+                                units="nJy") for d, e in exps.items()}
+            art = task.run(only, None, tract_wcs=scene.tract.wcs,
+                           patch_bbox=scene.patch.outer_bbox)["warp"].image
+            artefacts[("Cam", v)] = np.nan_to_num(art)
+    return warps, artefacts

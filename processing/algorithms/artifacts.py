@@ -10,8 +10,9 @@ aligned warps (a subregion of the patch, all inputs):
    circular Gaussian core (CompareWarp compares PSF-matched warps for the same
    reason: a star then differs between epochs only by noise).  The kernel is
    three 1-D passes along x, y and a diagonal whose variances add up to the
-   covariance exactly.  Near excluded pixels the convolution is normalised by
-   the kernel weight on valid pixels (pixels with less than half are excluded).
+   covariance exactly.  A warp's excluded pixels are filled with the robust
+   mean of the others before convolving (pixels whose kernel is less than half
+   on the warp's own data are excluded).
 2. **Template**: per pixel, the weighted mean of the matched warps that lie
    within ``template_n_sigma`` of their own noise from the median, which one or
    two deviant epochs cannot move (CompareWarp's template is a 2.5-sigma
@@ -29,12 +30,14 @@ aligned warps (a subregion of the patch, all inputs):
    ``N < 3`` nothing can be decided and nothing is clipped).
 5. **Sources are preserved**: inside the template's source footprints (S/N
    above ``preserve_threshold``, grown by ``preserve_grow_sigma`` sigmas) each
-   warp's candidate pixels are grouped by their nearest template peak; a group
-   whose |residual|-weighted centroid lies within
-   ``max(1, preserve_centroid_sigma * sigma)`` pixels of its peak is a source's
-   residual (PSF shape mismatch, a variable star: centro-symmetric about the
-   source), and a candidate made only of such pixels is kept.  An artefact on a
-   source pulls the centroid off the peak, or sticks out of the footprint.
+   warp's candidate pixels are grouped by their nearest template peak.  A pixel
+   is the source's own when its group's |residual|-weighted centroid lies within
+   ``max(1, preserve_centroid_sigma * sigma)`` pixels of the peak (PSF-shape
+   mismatch and variability are centro-symmetric about the source), or when its
+   residual is below ``preserve_relative`` of the template there (matching
+   errors scale with the source); a candidate made only of such pixels is kept.
+   An artefact on a source pulls the centroid off the peak and stands out
+   against the source's profile, except within the core of a bright source.
 6. Artefact footprints grow by ``grow_sigma`` matched-PSF sigmas and become the
    warp's CLIPPED pixels.
 
@@ -92,14 +95,10 @@ class ArtifactConfig:
     preserve_centroid_sigma : float
         Largest distance (PSF sigmas, at least 1 pixel) of a source residual's
         centroid from its template peak.
-    preserve_flux_snr, preserve_flux_fraction : float
-        A source residual integrating to less than this S/N, or to less than
-        this fraction of the source's template flux, is kept too (PSF mismatch
-        conserves flux).
-    preserve_bright_snr : float
-        Everything inside the footprint of a source whose template peak S/N
-        (smoothed, robust units) exceeds this is kept, as CompareWarp keeps
-        everything inside bright template sources (its ``detectTemplate``).
+    preserve_relative : float
+        A candidate pixel inside a source footprint whose residual is below this
+        fraction of the template there is the source's own (PSF-shape mismatch
+        scales with the source; an artefact on it does not).
     """
 
     template_n_sigma: float = 3.0
@@ -114,9 +113,7 @@ class ArtifactConfig:
     preserve_threshold: float = 5.0
     preserve_grow_sigma: float = 2.4
     preserve_centroid_sigma: float = 0.5
-    preserve_flux_snr: float = 5.0
-    preserve_flux_fraction: float = 0.05
-    preserve_bright_snr: float = 1000.0
+    preserve_relative: float = 0.35
 
     def __post_init__(self):
         if not self.threshold > 0:
@@ -211,18 +208,29 @@ def _gaussian_convolve(image: np.ndarray, cxx: float, cyy: float, cxy: float) ->
     return out if out is not image else image.copy()
 
 
-def _match(images, variances, masks, moments, bad_mask, config):
-    """Warps convolved to a common circular Gaussian PSF: (images, variances, masks, sigma).
+def _match(images, variances, masks, moments, weights, bad_mask, config):
+    """Warps convolved to a common circular Gaussian PSF.
+
+    Returns ``(images, variances, masks, approx, sigma)``; ``approx`` marks the
+    pixels whose kernel met excluded pixels.
 
     Warp ``k`` with PSF second moments ``C_k`` is convolved with the Gaussian of
     covariance ``s^2 I - C_k``, ``s^2 = max_k(max(C_xx, C_yy) + |C_xy|)``, the
-    smallest circular target every warp can reach with three 1-D passes.
+    smallest circular target every warp can reach with three 1-D passes.  The
+    warp's excluded pixels are first filled with the robust mean of the other
+    (unmatched) warps, so a source cut by a bad column keeps its matched
+    profile up to the small PSF difference of the filled pixels; where no warp
+    has data the convolution is normalised by the kernel weight on data.
     """
     ixx, iyy, ixy = moments[:, 0], moments[:, 1], moments[:, 2]
     target = float(np.max(np.maximum(ixx, iyy) + np.abs(ixy))) * 1.0001
+    fill, _, fill_n, _ = robust_template(images, variances, masks, weights, bad_mask=bad_mask,
+                                         n_sigma=config.template_n_sigma)
+    has_fill = fill_n > 0
     x = np.empty(images.shape, np.float32)
     v = np.empty(images.shape, np.float32)
     m = np.zeros(images.shape, np.int32)
+    approx = np.zeros(images.shape, dtype=bool)
     for k in range(images.shape[0]):
         with np.errstate(invalid="ignore"):
             valid = (np.isfinite(images[k]) & np.isfinite(variances[k])
@@ -231,15 +239,16 @@ def _match(images, variances, masks, moments, bad_mask, config):
         v[k] = variances[k]
         cxx, cyy, cxy = target - ixx[k], target - iyy[k], -ixy[k]
         if config.match_psfs and max(cxx, cyy) >= 0.02:
-            matched = _gaussian_convolve(np.where(valid, images[k], 0.0).astype(np.float32),
-                                         cxx, cyy, cxy)
-            # Normalised convolution near excluded pixels: divide by the kernel weight
-            # that fell on valid pixels (kept where it is at least half).
-            weight = _gaussian_convolve(valid.astype(np.float32), cxx, cyy, cxy)
-            usable = valid & (weight >= 0.5)
+            support = valid | has_fill
+            filled = np.where(valid, images[k], np.where(has_fill, fill, 0.0)).astype(np.float32)
+            matched = _gaussian_convolve(filled, cxx, cyy, cxy)
+            weight = _gaussian_convolve(support.astype(np.float32), cxx, cyy, cxy)
+            own = _gaussian_convolve(valid.astype(np.float32), cxx, cyy, cxy)
+            usable = valid & (own >= 0.5)
             with np.errstate(invalid="ignore", divide="ignore"):
                 x[k][usable] = matched[usable] / weight[usable]
             valid = usable
+            approx[k] = usable & (own < 0.999)
             # The matched variance: V sum(K^2) for white noise; warped noise is already
             # correlated, so rescale to the measured scatter of the matched pixels.
             reach = int(np.ceil(4 * np.sqrt(max(cxx, cyy) + abs(cxy)))) + 1
@@ -250,7 +259,7 @@ def _match(images, variances, masks, moments, bad_mask, config):
                 scale = _robust_scale(x[k], valid) ** 2 / float(np.median(v[k][valid]))
                 v[k] *= np.float32(np.clip(scale, 0.2, 5.0))
         m[k][~valid] = bad_mask & -bad_mask  # the lowest bad bit marks excluded pixels
-    return x, v, m, float(np.sqrt(target))
+    return x, v, m, approx, float(np.sqrt(target))
 
 
 class _SourceGroups:
@@ -266,9 +275,9 @@ class _SourceGroups:
         peaks = above & (ndimage.maximum_filter(s, size=3, mode="constant") == s)
         peak_id, self.n_peaks = ndimage.label(peaks)
         self.radius = max(1.0, config.preserve_centroid_sigma * sigma)
-        self.flux_snr = config.preserve_flux_snr
         if self.n_peaks == 0:
             self.group = None
+            self.inside = np.zeros(s.shape, dtype=bool)
             return
         centres = ndimage.center_of_mass(peaks, peak_id, np.arange(1, self.n_peaks + 1))
         self.py = np.array([c[0] for c in centres])
@@ -277,39 +286,30 @@ class _SourceGroups:
         iy, ix = ndimage.distance_transform_edt(peak_id == 0, return_distances=False,
                                                 return_indices=True)
         self.group = np.where(footprint, peak_id[iy, ix], 0).ravel()
+        self.inside = footprint
         self.yy, self.xx = (a.ravel().astype(float) for a in np.indices(peak_id.shape))
-        self.flux_fraction = config.preserve_flux_fraction
-        peak_snr = np.asarray(ndimage.maximum(s, peak_id, np.arange(1, self.n_peaks + 1)))
-        self.bright = np.concatenate([[False], peak_snr > config.preserve_bright_snr])
-        self.template_flux = np.bincount(
-            self.group, weights=np.where(np.isfinite(template.image), template.image, 0.0).ravel(),
-            minlength=self.n_peaks + 1)
+        self.relative = config.preserve_relative
 
-    def kept(self, residual, variance, strength, candidates) -> np.ndarray | None:
-        """Pixels of one warp inside a group whose residual looks like the source's own.
+    def kept(self, residual, template, strength, candidates) -> np.ndarray | None:
+        """Pixels of one warp whose residual looks like the source's own.
 
-        A group is kept when its candidates' |residual|-weighted centroid is
-        within ``radius`` of the peak (centro-symmetric: PSF mismatch, a
-        variable star), when its residual integrates to less than
-        ``flux_snr`` sigma or ``flux_fraction`` of the source's flux (a
-        flux-conserving PSF mismatch seen in part), or when the source is bright.
+        Inside a source footprint, a pixel is kept when its group's candidates
+        have their |residual|-weighted centroid within ``radius`` of the peak
+        (centro-symmetric: PSF mismatch, a variable star), or when its residual
+        is below ``relative`` times the template there.
         """
         if self.group is None:
             return None
         g, n = self.group, self.n_peaks + 1
-        flux = np.bincount(g, weights=residual.ravel(), minlength=n)
-        var = np.bincount(g, weights=variance.ravel(), minlength=n)
         w = np.where(candidates, strength, 0.0).ravel()
         sw = np.bincount(g, weights=w, minlength=n)
         with np.errstate(invalid="ignore", divide="ignore"):
             cy = np.bincount(g, weights=w * self.yy, minlength=n) / sw
             cx = np.bincount(g, weights=w * self.xx, minlength=n) / sw
-            quiet = np.abs(flux) < np.maximum(self.flux_snr * np.sqrt(var),
-                                              self.flux_fraction * np.abs(self.template_flux))
-        ok = np.zeros(n, dtype=bool)
-        centred = np.hypot(cy[1:] - self.py, cx[1:] - self.px) <= self.radius
-        ok[1:] = centred | quiet[1:] | self.bright[1:]
-        return ok[g].reshape(residual.shape)
+        centred = np.zeros(n, dtype=bool)
+        centred[1:] = np.hypot(cy[1:] - self.py, cx[1:] - self.px) <= self.radius
+        small = np.abs(residual.ravel()) <= self.relative * np.maximum(template.ravel(), 0.0)
+        return ((g > 0) & (centred[g] | small)).reshape(residual.shape)
 
 
 def find_artifacts(images: np.ndarray, variances: np.ndarray, masks: np.ndarray,
@@ -349,8 +349,9 @@ def find_artifacts(images: np.ndarray, variances: np.ndarray, masks: np.ndarray,
     clipped = np.zeros(shape, dtype=bool)
     n_cand = np.zeros(n_in, np.int64)
     n_art = np.zeros(n_in, np.int64)
-    x, v, m, sigma = _match(images, variances, masks, moments, bad_mask, config)
     w_in = np.asarray(weights, dtype=float).reshape(-1)
+    x, v, m, approx, sigma = _match(images, variances, masks, moments, w_in, bad_mask,
+                                    config)
     t_img, t_var, t_n, t_w = robust_template(x, v, m, w_in, bad_mask=bad_mask,
                                              n_sigma=config.template_n_sigma)
     template = StackResult(t_img, t_var, np.zeros(t_img.shape, np.int32), t_n,
@@ -359,7 +360,6 @@ def find_artifacts(images: np.ndarray, variances: np.ndarray, masks: np.ndarray,
         return ArtifactResult(clipped, template, n_cand, n_art)
     t_valid = np.isfinite(t_img) & (t_var > 0)
     sources = _SourceGroups(template, sigma, config)
-    n_img_t = np.maximum(template.n_image, 1)
     candidates = np.zeros(shape, dtype=bool)
     keep = np.zeros(shape, dtype=bool)
     box = _box_size(sigma)
@@ -381,13 +381,10 @@ def find_artifacts(images: np.ndarray, variances: np.ndarray, masks: np.ndarray,
         level = config.threshold * _robust_scale(s, valid)
         np.abs(s, out=s)
         candidates[k] = valid & (s > level)
-        # A sum over a region keeps the unsmoothed noise: the input variance, plus the
-        # template's (a mean of about n inputs).
-        sum_var = np.where(valid, variances[k] * (1 + 1 / n_img_t), 0.0)
-        kept = sources.kept(diff, sum_var, s, candidates[k])
+        kept = sources.kept(diff, np.where(valid, other, 0.0), s, candidates[k])
         if kept is not None:
             keep[k] = kept
-    del x, v
+    del x, v, approx
     structure = np.zeros((3, 3, 3), dtype=bool)
     structure[1] = True  # 8-connected within a warp, never across warps
     labels, n_labels = ndimage.label(candidates, structure=structure)
