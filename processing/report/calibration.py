@@ -182,7 +182,9 @@ def _plot_astrometry(m: RefMatches) -> bytes:
     dra, ddec = m.dra[sel], m.ddec[sel]
     fig, axes = new_figure(13.0, 4.0, 1, 3)
     ax = axes[0, 0]
-    lim = max(5.0 * max(robust_sigma(dra), robust_sigma(ddec)), 10.0)
+    # Wide enough for the scatter and for an offset of the whole cloud.
+    lim = max(5.0 * max(robust_sigma(dra), robust_sigma(ddec))
+              + max(abs(np.median(dra)), abs(np.median(ddec))), 10.0)
     for b in sorted(set(m.band[sel])):
         bsel = m.band[sel] == b
         ax.plot(dra[bsel], ddec[bsel], ".", ms=2, alpha=0.5, color=band_color(b), label=b)
@@ -211,7 +213,8 @@ def _plot_astrometry(m: RefMatches) -> bytes:
     ax.plot(x, np.hypot(med_ra, med_dec), "k_", ms=10, label="|median offset|")
     ax.set_xlabel("visit (in id order)")
     ax.set_ylabel("per-visit offset [mas]")
-    ax.set_ylim(bottom=0)
+    top = np.nanmax(rms) if np.isfinite(rms).any() else 1.0
+    ax.set_ylim(0, 1.2 * top)
     ax.legend(fontsize=8)
     return to_png(fig)
 

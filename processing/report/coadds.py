@@ -28,6 +28,7 @@ Cell-coadd PSF
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,7 +38,8 @@ from store.masks import bits
 from .data import ReportData
 from .render import Figure, Section, new_figure, robust_sigma, to_png
 
-__all__ = ["bin_image", "cell_psf_fwhm", "coadd_section", "stretch"]
+__all__ = ["CoaddPanel", "bin_image", "cell_psf_fwhm", "coadd_section", "collect_coadd_panels",
+           "stretch"]
 
 _FWHM_PER_SIGMA = float(np.sqrt(8.0 * np.log(2.0)))
 _DEFAULT_PIXEL_SCALE = 0.2  # arcsec/pixel, the sky map default
@@ -83,16 +85,70 @@ def stretch(image: np.ndarray) -> tuple[np.ndarray, float, float]:
     return shown, float(np.arcsinh(-2.0 * sig / soft)) if sig > 0 else -1.0, max(vmax, 1.0)
 
 
-def _patch_label(ref) -> str:
-    d = ref.data_id
-    return f"tract {d.get('tract')} patch {d.get('patch')}"
+@dataclass(frozen=True)
+class CoaddPanel:
+    """One coadd, binned for display.
+
+    Attributes
+    ----------
+    data_id : dict
+        skymap, tract, patch, band.
+    image : numpy.ndarray
+        Block-averaged image, nJy (NaN where every pixel is NO_DATA).
+    clipped, no_data : numpy.ndarray of bool
+        Blocks with at least one CLIPPED / NO_DATA pixel.
+    n_image : numpy.ndarray or None
+        Block-averaged number of inputs (None without ``deep_coadd_n_image``).
+    clipped_fraction, no_data_fraction : float
+        Fraction of the full-resolution pixels with the bit set.
+    n_image_median : float
+        Median number of inputs over pixels with data.
+    """
+
+    data_id: dict
+    image: np.ndarray
+    clipped: np.ndarray
+    no_data: np.ndarray
+    n_image: np.ndarray | None
+    clipped_fraction: float
+    no_data_fraction: float
+    n_image_median: float
+
+    @property
+    def label(self) -> str:
+        """``tract T patch P``."""
+        return f"tract {self.data_id.get('tract')} patch {self.data_id.get('patch')}"
 
 
-def _coadd_panels(data: ReportData, pairs, max_pixels: int):
-    """Binned image, CLIPPED, NO_DATA and n_image maps of each (coadd ref, n_image ref)."""
+def _key(ref) -> tuple:
+    return tuple(sorted(ref.data_id.items()))
+
+
+def collect_coadd_panels(data: ReportData, band: str, *, max_patches: int = 8,
+                         max_pixels: int = 400) -> tuple[list[CoaddPanel], int]:
+    """Binned coadds of one band, in patch order.
+
+    Parameters
+    ----------
+    data : ReportData
+    band : str
+        Band of the coadds.
+    max_patches : int
+        Read at most this many patches.
+    max_pixels : int
+        Largest side after binning, pixels (the binning factor is an integer).
+
+    Returns
+    -------
+    panels : list of CoaddPanel
+    n_more : int
+        Patches of the band left out by ``max_patches``.
+    """
+    refs = data.refs("deep_coadd", "band = $b", {"b": band})
+    n_refs = {_key(r): r for r in data.refs("deep_coadd_n_image", "band = $b", {"b": band})}
     clipped_bit, nodata_bit = bits("CLIPPED"), bits("NO_DATA")
     panels = []
-    for ref, n_ref in pairs:
+    for ref in refs[:max_patches]:
         exposure = data.get(ref)
         factor = max(1, int(np.ceil(max(exposure.image.shape) / max_pixels)))
         mask = exposure.mask if exposure.mask is not None else np.zeros(exposure.image.shape,
@@ -100,17 +156,18 @@ def _coadd_panels(data: ReportData, pairs, max_pixels: int):
         clipped = (mask & clipped_bit) != 0
         nodata = (mask & nodata_bit) != 0
         image = np.where(nodata, np.nan, exposure.image)
+        n_ref = n_refs.get(_key(ref))
         n_image = np.asarray(data.get(n_ref)) if n_ref is not None else None
-        panels.append({
-            "label": _patch_label(ref), "image": bin_image(image, factor),
-            "clipped": bin_image(clipped, factor, reduce="any"),
-            "nodata": bin_image(nodata, factor, reduce="any"),
-            "n_image": bin_image(n_image, factor) if n_image is not None else None,
-            "clipped_fraction": float(clipped.mean()), "nodata_fraction": float(nodata.mean()),
-            "n_median": float(np.median(n_image[~nodata])) if n_image is not None
-            and (~nodata).any() else float("nan"),
-        })
-    return panels
+        n_med = (float(np.median(n_image[~nodata])) if n_image is not None
+                 and n_image.shape == nodata.shape and (~nodata).any() else float("nan"))
+        panels.append(CoaddPanel(
+            data_id=dict(ref.data_id), image=bin_image(image, factor),
+            clipped=bin_image(clipped, factor, reduce="any"),
+            no_data=bin_image(nodata, factor, reduce="any"),
+            n_image=bin_image(n_image, factor) if n_image is not None else None,
+            clipped_fraction=float(clipped.mean()), no_data_fraction=float(nodata.mean()),
+            n_image_median=n_med))
+    return panels, max(0, len(refs) - max_patches)
 
 
 def _overlay(ax, boolean: np.ndarray, rgb: tuple[float, float, float], alpha: float) -> None:
@@ -120,32 +177,32 @@ def _overlay(ax, boolean: np.ndarray, rgb: tuple[float, float, float], alpha: fl
     ax.imshow(rgba, origin="lower", interpolation="nearest")
 
 
-def _plot_band(band: str, panels: list[dict]) -> bytes:
+def _plot_band(band: str, panels: list[CoaddPanel]) -> bytes:
     per_row = 2
     nrows = (len(panels) + per_row - 1) // per_row
     fig, axes = new_figure(12.0, 3.3 * nrows, nrows, 2 * per_row)
-    n_max = max([np.nanmax(p["n_image"]) for p in panels if p["n_image"] is not None
-                 and np.isfinite(p["n_image"]).any()] or [1.0])
+    n_max = max([np.nanmax(p.n_image) for p in panels if p.n_image is not None
+                 and np.isfinite(p.n_image).any()] or [1.0])
     for ax in axes.ravel():
         ax.set_axis_off()
     for i, p in enumerate(panels):
         ax_img, ax_n = axes[i // per_row, 2 * (i % per_row)], axes[i // per_row, 2 * (i % per_row) + 1]
-        shown, vmin, vmax = stretch(p["image"])
+        shown, vmin, vmax = stretch(p.image)
         cmap = _gray_with_nan()
         ax_img.imshow(shown, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax,
                       interpolation="nearest")
-        _overlay(ax_img, p["clipped"], (1.0, 0.1, 0.1), 0.75)
-        _overlay(ax_img, p["nodata"], (0.2, 0.4, 1.0), 0.35)
-        ax_img.set_title(f"{p['label']} ({band}); CLIPPED {100 * p['clipped_fraction']:.2f}%",
+        _overlay(ax_img, p.clipped, (1.0, 0.1, 0.1), 0.75)
+        _overlay(ax_img, p.no_data, (0.2, 0.4, 1.0), 0.35)
+        ax_img.set_title(f"{p.label} ({band}); CLIPPED {100 * p.clipped_fraction:.2f}%",
                          fontsize=8)
         ax_img.set_axis_on()
         ax_img.set_xticks([])
         ax_img.set_yticks([])
-        if p["n_image"] is not None:
-            im = ax_n.imshow(p["n_image"], origin="lower", cmap="magma", vmin=0, vmax=n_max,
+        if p.n_image is not None:
+            im = ax_n.imshow(p.n_image, origin="lower", cmap="magma", vmin=0, vmax=n_max,
                              interpolation="nearest")
             fig.colorbar(im, ax=ax_n, shrink=0.8, label="n_image")
-            ax_n.set_title(f"inputs per pixel (median {p['n_median']:.0f})", fontsize=8)
+            ax_n.set_title(f"inputs per pixel (median {p.n_image_median:.0f})", fontsize=8)
             ax_n.set_axis_on()
             ax_n.set_xticks([])
             ax_n.set_yticks([])
@@ -155,9 +212,7 @@ def _plot_band(band: str, panels: list[dict]) -> bytes:
 def _gray_with_nan():
     from matplotlib import colormaps
 
-    cmap = colormaps["gray"].copy()
-    cmap.set_bad((0.85, 0.85, 1.0))
-    return cmap
+    return colormaps["gray"].with_extremes(bad=(0.85, 0.85, 1.0))
 
 
 # -- cell coadds ---------------------------------------------------------------------------
@@ -262,7 +317,8 @@ def _cell_items(data: ReportData, section: Section, max_patches: int) -> None:
         ix, iy = cx.astype(int) - int(cx.min()), cy.astype(int) - int(cy.min())
         grid = np.full((iy.max() + 1, ix.max() + 1), np.nan)
         grid[iy, ix] = fwhm
-        maps.append((f"{_patch_label(ref)} ({ref.data_id.get('band')})", grid))
+        label = f"tract {ref.data_id.get('tract')} patch {ref.data_id.get('patch')}"
+        maps.append((f"{label} ({ref.data_id.get('band')})", grid))
         values.append(fwhm[np.isfinite(fwhm)])
     if unread:
         section.note(f"{unread} deep_coadd_cell dataset(s) hold no per-cell PSF this report "
@@ -298,30 +354,27 @@ def coadd_section(data: ReportData, *, max_patches: int = 8, max_pixels: int = 4
     section = Section("Coadds",
                       "The deep coadd of each patch and band with its input count, the pixels "
                       "where inputs were clipped as artefacts, and the PSF of the cell coadds.")
-    refs = data.refs("deep_coadd")
-    if not refs:
+    bands = sorted({str(r.data_id.get("band")) for r in data.refs("deep_coadd")})
+    if not bands:
         section.note(f"No deep_coadd datasets in {data.label}: run make_warp and "
                      "assemble_coadd to get coadd images.")
-    n_image_refs = {tuple(sorted(r.data_id.items())): r for r in data.refs("deep_coadd_n_image")}
-    by_band: dict[str, list] = {}
-    for ref in refs:
-        by_band.setdefault(str(ref.data_id.get("band")), []).append(ref)
-    for band, band_refs in sorted(by_band.items()):
-        shown = band_refs[:max_patches]
-        pairs = [(r, n_image_refs.get(tuple(sorted(r.data_id.items())))) for r in shown]
-        panels = _coadd_panels(data, pairs, max_pixels)
-        omitted = len(band_refs) - len(shown)
-        clipped = np.array([p["clipped_fraction"] for p in panels])
-        n_med = np.array([p["n_median"] for p in panels])
+    for band in bands:
+        panels, omitted = collect_coadd_panels(data, band, max_patches=max_patches,
+                                               max_pixels=max_pixels)
+        clipped = np.array([p.clipped_fraction for p in panels])
+        n_med = np.array([p.n_image_median for p in panels])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # no n_image at all: NaN
+            n_text = (f"median n_image per patch {np.nanmin(n_med):.0f}-{np.nanmax(n_med):.0f}"
+                      if np.isfinite(n_med).any() else "no deep_coadd_n_image maps")
         caption = (
-            f"Band {band}: {len(shown)} patch coadd(s), asinh stretch (grey; pale blue: no "
+            f"Band {band}: {len(panels)} patch coadd(s), asinh stretch (grey; pale blue: no "
             "data), pixels with a CLIPPED input in red; right of each, the number of inputs "
             "per pixel. Good: a smooth background without residual satellite trails or ghosts "
             "(the safe-clip coadd removes them: they appear as red CLIPPED strips, not as "
             "bright features), few clipped pixels outside such artefacts (well below 1%), and "
             "n_image close to the number of selected visits except near the field edges. "
-            f"CLIPPED covers {100 * np.nanmean(clipped):.2f}% of pixels on average; median "
-            f"n_image per patch {np.nanmin(n_med):.0f}-{np.nanmax(n_med):.0f}."
+            f"CLIPPED covers {100 * np.mean(clipped):.2f}% of pixels on average; {n_text}."
             + (f" {omitted} more patch(es) of this band not shown." if omitted else ""))
         section.items.append(Figure(f"Coadds, band {band}", caption, _plot_band(band, panels)))
     _cell_items(data, section, max_patches)

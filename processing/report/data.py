@@ -38,6 +38,10 @@ INPUT_TYPES = frozenset({"reference_catalog", "truth_object", "truth_visit_detec
                          "truth_psf_grid", "truth_artefact"})
 
 
+#: Data-ID columns a visit implies, read from the visit record when a table lacks them.
+_VISIT_IMPLIED = frozenset({"band", "physical_filter", "day_obs"})
+
+
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -131,7 +135,9 @@ class ReportData:
         dataset_type : str
             A table dataset type (``visit_summary``, ``src``, ``source``...).
         columns : sequence of str
-            Columns to return; each must exist.
+            Columns to return; each must exist, except ``band``, ``physical_filter``
+            and ``day_obs``, which come from the visit record when the table has a
+            ``visit`` column but not them.
         where : str, optional
             Extra SQL condition on the rows (alias ``s``), ``$name`` placeholders
             bound from ``bind``.
@@ -151,13 +157,20 @@ class ReportData:
         stored = self.sql_columns(dataset_type)
         if not stored:
             return pa.table({})
-        parts = []
+        parts, join = [], ""
         for name in columns:
-            if name.lower() not in stored and name in optional:
+            if name.lower() in stored:
+                parts.append(f"s.{_quote(stored[name.lower()])} AS {_quote(name)}")
+            elif name.lower() in _VISIT_IMPLIED and {"visit", "instrument"} <= set(stored):
+                # A table need not repeat what its visit implies: take it from the visit.
+                parts.append(f"v.{_quote(name.lower())} AS {_quote(name)}")
+                join = (" LEFT JOIN main.visit AS v ON v.instrument = s.instrument "
+                        "AND v.visit = s.visit")
+            elif name in optional:
                 parts.append(f"NULL AS {_quote(name)}")
             else:
-                parts.append(f"s.{_quote(stored.get(name.lower(), name))} AS {_quote(name)}")
-        sql = (f"SELECT {', '.join(parts)} FROM main.{_quote('ds_' + dataset_type)} AS s "
+                parts.append(f"s.{_quote(name)} AS {_quote(name)}")  # DuckDB names it
+        sql = (f"SELECT {', '.join(parts)} FROM main.{_quote('ds_' + dataset_type)} AS s{join} "
                "WHERE s._dataset_id IN (SELECT id FROM main.dataset WHERE dataset_type = $_t "
                "AND list_contains($_runs, run) QUALIFY row_number() OVER "
                "(PARTITION BY data_id_key ORDER BY list_position($_runs, run)) = 1)")

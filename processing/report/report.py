@@ -82,6 +82,27 @@ class Report:
         return render_html(self.sections, title=self.title, subtitle=self.subtitle,
                            footer="Made by drp report. Figures: matplotlib (Agg).")
 
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write the page to ``path`` atomically (see :func:`write_report`); returns the path."""
+        target = Path(path).expanduser().absolute()
+        _check_target(target)
+        text = self.to_html()
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                       dir=target.parent)
+        except OSError as err:
+            raise ReportError(f"cannot write the report to {target}: {err.strerror or err}"
+                              ) from None
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return target
+
 
 def _inventory(data: ReportData) -> Section:
     section = Section("Datasets", "What the collection holds (inputs such as the reference "
@@ -198,18 +219,5 @@ def write_report(repo, path: str | os.PathLike, *, collection: str | None = None
         The collection does not exist.
     """
     target = Path(path).expanduser().absolute()
-    _check_target(target)
-    text = build_report(repo, collection=collection, visit=visit).to_html()
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except OSError as err:
-        raise ReportError(f"cannot write the report to {target}: {err.strerror or err}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    _check_target(target)  # before minutes of work, not after
+    return build_report(repo, collection=collection, visit=visit).write(target)

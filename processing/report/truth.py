@@ -339,8 +339,9 @@ def truth_section(data: ReportData) -> Section | None:
                   f"psfFlux/true − 1 = {100 * np.median(m.flux_ratio[stars] - 1):+.2f}%, robust "
                   f"σ {100 * robust_sigma(m.flux_ratio[stars]):.2f}%." if stars.any() else "")
         caption = (
-            f"Left: fraction of the {len(m)} truth objects inside the detector footprints that "
-            f"have a {m.source_type} source within 1\" (solid: all objects; dotted: stars), per "
+            f"Left: fraction of the {len(m)} truth objects inside the detector footprints "
+            f"matched by a source of the {m.source_type} catalogs within 1\" (solid: all "
+            "objects; dotted: stars), per "
             "band; dashed lines: median 5σ depth (magLim) of the visits. Right: PSF flux of "
             "matched stars over their true flux (line: median; band: 16-84th percentiles). "
             "Good: completeness near 100% at bright magnitudes, falling through 50% close to "
