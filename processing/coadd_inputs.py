@@ -64,6 +64,7 @@ __all__ = [
     "SelectionColumnsError",
     "check_selection_columns",
     "visit_summary_rows",
+    "with_inputs_query",
 ]
 
 #: Columns every coadd-input query must return.
@@ -108,6 +109,34 @@ def check_selection_columns(table: pa.Table, query_name: str = "query",
         raise SelectionColumnsError(
             f"coadd-input query {query_name!r} returned columns {table.column_names} but "
             f"lacks {', '.join(missing)}; it must return {', '.join(required)}")
+
+
+def with_inputs_query(pipeline, path: str | Path | None = None,
+                      params: Mapping[str, Any] | None = None):
+    """The pipeline with every step that selects coadd inputs using ``path`` and ``params``.
+
+    What ``drp run --inputs-query FILE.sql`` does: each step whose config has an
+    ``inputs_query`` field (make_warp, assemble_coadd...) gets the file, so all
+    of them select the same inputs; ``params`` update their ``query_params``.
+    """
+    import dataclasses
+
+    from .pipeline import Pipeline, PipelineStep
+
+    steps = []
+    for step in pipeline.steps:
+        config = step.resolved_config()
+        names = {f.name for f in dataclasses.fields(config)} if dataclasses.is_dataclass(
+            config) else set()
+        if "inputs_query" in names:
+            changes: dict[str, Any] = {}
+            if path is not None:
+                changes["inputs_query"] = str(path)
+            if params:
+                changes["query_params"] = {**dict(config.query_params), **dict(params)}
+            config = dataclasses.replace(config, **changes)
+        steps.append(PipelineStep(step.task_class, config))
+    return Pipeline(pipeline.name, tuple(steps), pipeline.doc)
 
 
 def visit_summary_rows(repo, collections: Sequence[str] | str | None = None,
