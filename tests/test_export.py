@@ -385,6 +385,29 @@ def test_overwrite_replaces_a_release(built, tmp_path):
     assert verify_release(target).ok
 
 
+def test_positions_missing_or_partly_nan(built, tmp_path):
+    repo, _, _, _ = built
+    tables = (
+        TableSpec("NoSky", query="SELECT sourceId, NULL::DOUBLE AS ra, NULL::DOUBLE AS dec "
+                                 "FROM Source"),
+        TableSpec("SomeSky", query="SELECT sourceId, CASE WHEN sourceId % 10 = 0 THEN "
+                                   "'NaN'::DOUBLE ELSE coord_ra END AS ra, coord_dec AS dec "
+                                   "FROM Source"),
+    )
+    config = ExportConfig(tables=tables, what=("catalogs",), durable=False,
+                          include_datasets=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = export_release(repo, tmp_path / "rel", config=config)
+    no_sky, some_sky = summary.tables
+    assert no_sky.hats is None and no_sky.n_rows == N_VISITS * N_DET * N_PER
+    assert any("NoSky has no finite ra/dec" in n for n in summary.notices)
+    assert some_sky.hats_dropped == N_VISITS * N_DET * N_PER // 10
+    assert some_sky.hats_rows == some_sky.n_rows - some_sky.hats_dropped
+    assert any("SomeSky: 960 row(s) without a finite position" in n for n in summary.notices)
+    assert verify_release(summary.path).ok
+
+
 def test_hats_partitions_against_brute_force():
     rng = np.random.default_rng(5)
     # Clustered indices: dense blobs force fine partitions, sparse areas coarse ones.
@@ -418,6 +441,10 @@ def test_cli_export_verify_import(built, tmp_path):
     assert res.exit_code == 0, res.output
     assert "Source: 9600 rows, HATS" in res.output and "notice: table CoaddCells" in res.output
     assert not (target / "images").exists()
+    res = runner.invoke(main, ["export", str(repo.root), "--to", str(tmp_path / "coadds"),
+                               "--what", "images", "--images", "deep_coadd", "--no-sync"])
+    assert res.exit_code == 0 and "deep_coadd: 3 FITS file(s)" in res.output
+    assert "visit_image" not in res.output
     res = runner.invoke(main, ["export", str(repo.root), "--to", str(target), "--no-sync"])
     assert res.exit_code != 0 and "already exists" in res.output
     assert len(res.output.strip().splitlines()) == 1

@@ -236,6 +236,13 @@ def _positions(spec: TableSpec, columns: list[str]) -> tuple[str, str] | None:
     return None
 
 
+def _any_position(rows: pa.Table, pos: tuple[str, str]) -> bool:
+    import pyarrow.compute as pc
+
+    ok = [pc.is_finite(rows.column(c).cast(pa.float64())) for c in pos]
+    return bool(pc.any(pc.and_(ok[0], ok[1])).as_py())
+
+
 def _notice(notices: list[str], text: str) -> None:
     notices.append(text)
     warnings.warn(text, stacklevel=3)
@@ -283,6 +290,9 @@ def _export_tables(repo, config: ExportConfig, tmp: Path, search: str | None,
                                  "no HATS catalog")
             elif rows.num_rows == 0:
                 _notice(notices, f"table {spec.name} is empty; no HATS catalog")
+            elif not _any_position(rows, pos):
+                _notice(notices, f"table {spec.name} has no finite {pos[0]}/{pos[1]}; "
+                                 "no HATS catalog")
             else:
                 hats_rel = f"{HATS_DIR}/{spec.name}"
                 result = write_hats_catalog(

@@ -118,17 +118,24 @@ def readme_text(release: dict[str, Any]) -> str:
     lines += [
         "", "`schema.json` describes every table and column (name, type, unit, description);",
         f"`{MANIFEST}` lists every file with its size and BLAKE2b checksum.", "",
-        "## Reading it", "", "```python",
-        "import duckdb",
-        "duckdb.sql(\"SELECT count(*) FROM 'catalogs/Source.parquet'\")",
-        "",
-        "from astropy.table import Table",
-        "visits = Table.read('catalogs/Visit.parquet')",
-        "index = Table.read('images/obscore.xml')      # ObsCore index (VOTable)",
-        "",
-        "import lsdb",
-        "sources = lsdb.open_catalog('hats/Source')",
-        "near = sources.cone_search(ra=53.1, dec=-28.1, radius_arcsec=60).compute()",
+        "## Reading it", "", "```python"]
+    tables = release["tables"]
+    if tables:
+        first = tables[0]
+        lines += ["import duckdb",
+                  f"duckdb.sql(\"SELECT count(*) FROM '{first['path']}'\")", "",
+                  "from astropy.table import Table",
+                  f"rows = Table.read('{first['path']}')      # units restored", ""]
+    if release["images"]:
+        lines += ["from astropy.table import Table",
+                  f"index = Table.read('{OBSCORE_VOTABLE}')   # ObsCore index (VOTable)", ""]
+    located = [t for t in tables if t["hats"]]
+    if located:
+        t = located[0]
+        lines += ["import lsdb",
+                  f"cat = lsdb.open_catalog('{t['hats']}')",
+                  "near = cat.cone_search(ra=RA_DEG, dec=DEC_DEG, radius_arcsec=60).compute()"]
+    lines += [
         "```", "",
         "Check the files with `drp verify --export .` and load the release into a drp",
         "repository with `drp import . REPO`.", ""]
