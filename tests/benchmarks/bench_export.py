@@ -138,8 +138,8 @@ def run(n_sources: int, per_dataset: int, hats_max_rows: int, workdir: Path) -> 
            "per_dataset": per_dataset, "hats_max_rows": hats_max_rows}
     # First imports of hats and astropy.table (about 1.5 s, once per process) are not timed.
     import astropy.table  # noqa: F401
-    import hats.catalog  # noqa: F401
-    import hats.io.parquet_metadata  # noqa: F401
+    import hats.catalog
+    import hats.io.parquet_metadata
     import hats.pixel_math.spatial_index  # noqa: F401
 
     with Repo(workdir / "repo") as repo:
