@@ -103,8 +103,9 @@ def readme_text(release: dict[str, Any]) -> str:
              f"collection `{release['collection']}` (runs: {', '.join(release['runs']) or 'none'}).",
              "", "## Contents", ""]
     for t in release["tables"]:
-        hats = f"; HATS catalog `{t['hats']}` ({t['hats_partitions']} partitions)" if t[
-            "hats"] else ""
+        n_parts = t["hats_partitions"]
+        hats = (f"; HATS catalog `{t['hats']}` ({n_parts} partition{'s' * (n_parts != 1)})"
+                if t["hats"] else "")
         lines.append(f"* `{t['path']}`: **{t['name']}**, {t['n_rows']:,} rows"
                      f"{hats}. {t['description']}")
     for name, n in release["images"].items():
@@ -127,8 +128,8 @@ def readme_text(release: dict[str, Any]) -> str:
                   "from astropy.table import Table",
                   f"rows = Table.read('{first['path']}')      # units restored", ""]
     if release["images"]:
-        lines += ["from astropy.table import Table",
-                  f"index = Table.read('{OBSCORE_VOTABLE}')   # ObsCore index (VOTable)", ""]
+        lines += [] if tables else ["from astropy.table import Table"]
+        lines += [f"index = Table.read('{OBSCORE_VOTABLE}')   # ObsCore index (VOTable)", ""]
     located = [t for t in tables if t["hats"]]
     if located:
         t = located[0]
