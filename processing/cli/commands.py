@@ -134,3 +134,49 @@ def demo(directory, preset, seed, jobs, no_export, no_report) -> None:
     click.echo(format_result(result))
     if result.summary is not None and not result.summary.ok:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("repo", type=click.Path(), required=False)
+@click.argument("name", required=False)
+@click.option("--param", "-p", "params", multiple=True, metavar="NAME=VALUE",
+              help="Value of a query parameter (repeatable).")
+@click.option("--list", "list_queries", is_flag=True, help="List the named queries.")
+@click.option("--show", is_flag=True, help="Print the query's SQL instead of running it.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True)
+@handle_errors
+def query(repo, name, params, list_queries, show, fmt) -> None:
+    """Run the named query NAME (a file of queries/, or a .sql path) against REPO."""
+    import queries as named
+
+    if list_queries:
+        for q in named.list_queries():
+            click.echo(f"{q.name:<22} {q.summary}")
+            for p in q.params.values():
+                default = "" if p.required else f" = {p.default}"
+                click.echo(f"    --param {p.name} ({p.type}{default})  {p.doc}")
+        return
+    if not name:
+        raise click.UsageError("give REPO and a query NAME, or --list")
+    try:
+        q = named.load(name if repo is not None else repo)
+    except FileNotFoundError as err:
+        raise click.ClickException(str(err)) from None
+    values = {}
+    for item in params:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected NAME=VALUE, got {item!r}", param_hint="--param")
+        values[key.strip()] = value.strip()
+    try:
+        bind = q.bind(values)
+    except named.QueryParameterError as err:
+        raise click.ClickException(str(err)) from None
+    if show:
+        click.echo(q.sql)
+        return
+    from store import Repo
+
+    with Repo(repo) as r:
+        print_table(r.sql(q.sql, bind, adql=False), fmt)
