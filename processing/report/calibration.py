@@ -180,7 +180,7 @@ def _rms(v) -> float:
 def _plot_astrometry(m: RefMatches) -> bytes:
     sel = m.astrometry
     dra, ddec = m.dra[sel], m.ddec[sel]
-    fig, axes = new_figure(13.0, 4.0, 1, 3)
+    fig, axes = new_figure(13.0, 4.0, 1, 3, margins=(0.7, 0.15, 0.55, 0.15), wspace=0.28)
     ax = axes[0, 0]
     # Wide enough for the scatter and for an offset of the whole cloud.
     lim = max(5.0 * max(robust_sigma(dra), robust_sigma(ddec))
@@ -221,7 +221,8 @@ def _plot_astrometry(m: RefMatches) -> bytes:
 
 def _plot_photometry(m: RefMatches) -> bytes:
     sel = m.photometry & np.isfinite(m.dmag)
-    fig, axes = new_figure(13.0, 4.0, 1, 2, width_ratios=(1.6, 1.0))
+    fig, axes = new_figure(13.0, 4.0, 1, 2, width_ratios=(1.6, 1.0),
+                           margins=(0.75, 0.15, 0.55, 0.15), wspace=0.15)
     ax = axes[0, 0]
     for b in sorted(set(m.band[sel])):
         bsel = sel & (m.band == b)

@@ -14,6 +14,8 @@ Cell-coadd PSF
     cell-coadd format is written by the cell-coadd task; this module reads what
     that :class:`~store.formats.fits.FitsBundle` provides, in this order:
 
+    0. the ``CoaddCells`` SQL table (``tract, patch, band, cell_x, cell_y`` and
+       ``psf_fwhm``), when the report is on the default collection it shows;
     1. a table (any name) with integer columns ``cell_x``, ``cell_y`` and a
        column ``psf_fwhm`` (arcsec; also accepted: ``psfFwhm``, ``fwhm``), or
        adaptive moments ``psf_ixx``, ``psf_iyy``, ``psf_ixy`` (pixel^2);
@@ -34,6 +36,7 @@ import numpy as np
 
 from store.errors import DrpError
 from store.masks import bits
+from store.sphgeom import ConvexPolygon
 
 from .data import ReportData
 from .render import Figure, Section, new_figure, robust_sigma, to_png
@@ -54,23 +57,38 @@ def bin_image(array: np.ndarray, factor: int, *, reduce: str = "mean") -> np.nda
         ``(ny, nx)`` image; NaNs are ignored by ``mean``.
     factor : int
         Block size, pixels.
-    reduce : {"mean", "any"}
-        NaN-ignoring mean, or "any pixel true" of a boolean array.
+    reduce : {"mean", "any", "sample"}
+        NaN-ignoring block mean; "any pixel true" of a boolean array; or the
+        value at each block's centre (for piecewise-constant maps such as n_image).
 
     Returns
     -------
     numpy.ndarray
-        ``(ny // factor, nx // factor)``.
+        ``(ny // factor, nx // factor)`` (float32 for ``mean``).
+
+    Examples
+    --------
+    >>> bin_image(np.array([[1.0, 3.0], [np.nan, 5.0]]), 2)
+    array([[3.]], dtype=float32)
     """
+    a = np.asarray(array)
+    if reduce not in ("mean", "any", "sample"):
+        raise ValueError(f"reduce must be 'mean', 'any' or 'sample', got {reduce!r}")
     if factor <= 1:
-        return np.asarray(array, dtype=float) if reduce == "mean" else np.asarray(array, bool)
-    ny, nx = (s // factor for s in array.shape)
-    blocks = np.asarray(array)[:ny * factor, :nx * factor].reshape(ny, factor, nx, factor)
-    if reduce == "any":
-        return blocks.any(axis=(1, 3))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks stay NaN
-        return np.nanmean(blocks.astype(np.float32), axis=(1, 3))
+        return a.astype(bool) if reduce == "any" else a.astype(np.float32)
+    ny, nx = (s // factor for s in a.shape)
+    if reduce == "sample":
+        half = factor // 2
+        return a[half:ny * factor:factor, half:nx * factor:factor].astype(np.float32)
+    if reduce == "any":  # one axis at a time: ~1.5x faster than any(axis=(1, 3))
+        return a[:ny * factor, :nx * factor].reshape(ny, factor, nx, factor).any(3).any(1)
+    values = a[:ny * factor, :nx * factor].astype(np.float32)  # a copy: NaNs zeroed below
+    bad = ~np.isfinite(values)
+    values[bad] = 0.0
+    total = values.reshape(ny, factor, nx, factor).sum(axis=3).sum(axis=1)
+    count = (~bad).reshape(ny, factor, nx, factor).sum(axis=3, dtype=np.int32).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.float32(np.nan)).astype(np.float32)
 
 
 def stretch(image: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -98,11 +116,11 @@ class CoaddPanel:
     clipped, no_data : numpy.ndarray of bool
         Blocks with at least one CLIPPED / NO_DATA pixel.
     n_image : numpy.ndarray or None
-        Block-averaged number of inputs (None without ``deep_coadd_n_image``).
+        Number of inputs at each block's centre (None without ``deep_coadd_n_image``).
     clipped_fraction, no_data_fraction : float
         Fraction of the full-resolution pixels with the bit set.
     n_image_median : float
-        Median number of inputs over pixels with data.
+        Median number of inputs over the blocks with data.
     """
 
     data_id: dict
@@ -124,9 +142,9 @@ def _key(ref) -> tuple:
     return tuple(sorted(ref.data_id.items()))
 
 
-def collect_coadd_panels(data: ReportData, band: str, *, max_patches: int = 8,
-                         max_pixels: int = 400) -> tuple[list[CoaddPanel], int]:
-    """Binned coadds of one band, in patch order.
+def collect_coadd_panels(data: ReportData, band: str, *, max_patches: int = 6,
+                         max_pixels: int = 340) -> tuple[list[CoaddPanel], int]:
+    """Binned coadds of one band, best-covered patches first (then in patch order).
 
     Parameters
     ----------
@@ -144,7 +162,7 @@ def collect_coadd_panels(data: ReportData, band: str, *, max_patches: int = 8,
     n_more : int
         Patches of the band left out by ``max_patches``.
     """
-    refs = data.refs("deep_coadd", "band = $b", {"b": band})
+    refs = _by_coverage(data, data.refs("deep_coadd", "band = $b", {"b": band}))
     n_refs = {_key(r): r for r in data.refs("deep_coadd_n_image", "band = $b", {"b": band})}
     clipped_bit, nodata_bit = bits("CLIPPED"), bits("NO_DATA")
     panels = []
@@ -155,19 +173,51 @@ def collect_coadd_panels(data: ReportData, band: str, *, max_patches: int = 8,
                                                                           np.int32)
         clipped = (mask & clipped_bit) != 0
         nodata = (mask & nodata_bit) != 0
-        image = np.where(nodata, np.nan, exposure.image)
+        image = exposure.image
+        image[nodata] = np.nan  # the exposure is ours: no copy
         n_ref = n_refs.get(_key(ref))
         n_image = np.asarray(data.get(n_ref)) if n_ref is not None else None
-        n_med = (float(np.median(n_image[~nodata])) if n_image is not None
-                 and n_image.shape == nodata.shape and (~nodata).any() else float("nan"))
+        n_binned = (bin_image(n_image, factor, reduce="sample")
+                    if n_image is not None and n_image.shape == image.shape else None)
+        nodata_binned = bin_image(nodata, factor, reduce="any")
+        # Median inputs over the blocks with data (n_image is piecewise constant).
+        n_med = (float(np.median(n_binned[~nodata_binned])) if n_binned is not None
+                 and (~nodata_binned).any() else float("nan"))
         panels.append(CoaddPanel(
             data_id=dict(ref.data_id), image=bin_image(image, factor),
-            clipped=bin_image(clipped, factor, reduce="any"),
-            no_data=bin_image(nodata, factor, reduce="any"),
-            n_image=bin_image(n_image, factor) if n_image is not None else None,
-            clipped_fraction=float(clipped.mean()), no_data_fraction=float(nodata.mean()),
-            n_image_median=n_med))
+            clipped=bin_image(clipped, factor, reduce="any"), no_data=nodata_binned,
+            n_image=n_binned,
+            clipped_fraction=np.count_nonzero(clipped) / clipped.size,
+            no_data_fraction=np.count_nonzero(nodata) / nodata.size, n_image_median=n_med))
     return panels, max(0, len(refs) - max_patches)
+
+
+def _by_coverage(data: ReportData, refs: list) -> list:
+    """Coadd refs, best covered first: most same-band visits overlapping the patch region.
+
+    Counting overlaps of registry regions costs milliseconds, where reading the
+    n_image maps to rank patches would cost seconds.
+    """
+    if len(refs) <= 1:
+        return refs
+    patches = data.repo.sql("SELECT skymap, tract, patch, region_ra, region_dec FROM main.patch",
+                            adql=False).to_pylist()
+    visits = data.repo.sql("SELECT band, region_ra, region_dec FROM main.visit", adql=False
+                           ).to_pylist()
+    poly = {(p["skymap"], p["tract"], p["patch"]): ConvexPolygon(p["region_ra"], p["region_dec"])
+            for p in patches if p["region_ra"]}
+    vpoly = [(v["band"], ConvexPolygon(v["region_ra"], v["region_dec"]))
+             for v in visits if v["region_ra"]]
+
+    def coverage(ref) -> int:
+        d = ref.data_id
+        region = poly.get((d.get("skymap"), d.get("tract"), d.get("patch")))
+        if region is None:
+            return 0
+        return sum(1 for band, vp in vpoly if band == d.get("band") and vp.overlaps(region))
+
+    return sorted(refs, key=lambda r: (-coverage(r), r.data_id.get("tract"),
+                                       r.data_id.get("patch")))
 
 
 def _overlay(ax, boolean: np.ndarray, rgb: tuple[float, float, float], alpha: float) -> None:
@@ -178,34 +228,32 @@ def _overlay(ax, boolean: np.ndarray, rgb: tuple[float, float, float], alpha: fl
 
 
 def _plot_band(band: str, panels: list[CoaddPanel]) -> bytes:
-    per_row = 2
+    per_row = 2  # patches per row, two panels each
     nrows = (len(panels) + per_row - 1) // per_row
-    fig, axes = new_figure(12.0, 3.3 * nrows, nrows, 2 * per_row)
+    fig, axes = new_figure(12.0, 3.1 * nrows + 0.2, nrows, 2 * per_row,
+                           margins=(0.1, 1.1, 0.1, 0.3), wspace=0.04, hspace=0.12)
     n_max = max([np.nanmax(p.n_image) for p in panels if p.n_image is not None
                  and np.isfinite(p.n_image).any()] or [1.0])
     for ax in axes.ravel():
         ax.set_axis_off()
+    cmap, im = _gray_with_nan(), None
     for i, p in enumerate(panels):
-        ax_img, ax_n = axes[i // per_row, 2 * (i % per_row)], axes[i // per_row, 2 * (i % per_row) + 1]
+        row, col = divmod(i, per_row)
+        ax_img, ax_n = axes[row, 2 * col], axes[row, 2 * col + 1]
         shown, vmin, vmax = stretch(p.image)
-        cmap = _gray_with_nan()
         ax_img.imshow(shown, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax,
                       interpolation="nearest")
         _overlay(ax_img, p.clipped, (1.0, 0.1, 0.1), 0.75)
         _overlay(ax_img, p.no_data, (0.2, 0.4, 1.0), 0.35)
-        ax_img.set_title(f"{p.label} ({band}); CLIPPED {100 * p.clipped_fraction:.2f}%",
+        ax_img.set_title(f"{p.label} ({band}): CLIPPED {100 * p.clipped_fraction:.2f}%",
                          fontsize=8)
-        ax_img.set_axis_on()
-        ax_img.set_xticks([])
-        ax_img.set_yticks([])
         if p.n_image is not None:
             im = ax_n.imshow(p.n_image, origin="lower", cmap="magma", vmin=0, vmax=n_max,
                              interpolation="nearest")
-            fig.colorbar(im, ax=ax_n, shrink=0.8, label="n_image")
-            ax_n.set_title(f"inputs per pixel (median {p.n_image_median:.0f})", fontsize=8)
-            ax_n.set_axis_on()
-            ax_n.set_xticks([])
-            ax_n.set_yticks([])
+            ax_n.set_title(f"n_image (median {p.n_image_median:.0f})", fontsize=8)
+    if im is not None:
+        cax = fig.add_axes((0.93, 0.1, 0.015, 0.8))
+        fig.colorbar(im, cax=cax, label="inputs per pixel (n_image)")
     return to_png(fig)
 
 
@@ -280,7 +328,8 @@ def cell_psf_fwhm(bundle) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
 def _plot_cells(maps: list[tuple[str, np.ndarray]], vmin: float, vmax: float) -> bytes:
     ncols = min(4, len(maps))
     nrows = (len(maps) + ncols - 1) // ncols
-    fig, axes = new_figure(3.3 * ncols + 0.8, 3.0 * nrows, nrows, ncols)
+    fig, axes = new_figure(3.3 * ncols + 1.2, 3.0 * nrows + 0.2, nrows, ncols,
+                           margins=(0.55, 1.3, 0.5, 0.3), wspace=0.35, hspace=0.35)
     for ax in axes.ravel():
         ax.set_axis_off()
     im = None
@@ -292,24 +341,55 @@ def _plot_cells(maps: list[tuple[str, np.ndarray]], vmin: float, vmax: float) ->
         ax.set_xlabel("cell x", fontsize=8)
         ax.set_ylabel("cell y", fontsize=8)
     if im is not None:
-        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="cell PSF FWHM [arcsec]")
+        width = fig.get_figwidth()
+        cax = fig.add_axes((1 - 1.0 / width, 0.15, 0.18 / width, 0.7))
+        fig.colorbar(im, cax=cax, label="cell PSF FWHM [arcsec]")
     return to_png(fig)
 
 
+_CELL_FWHM_COLUMNS = ("psf_fwhm", "psfFwhm", "fwhm")
+
+
+def _cells_from_sql(data: ReportData) -> dict[tuple, tuple] | None:
+    """(tract, patch, band) -> (cell_x, cell_y, fwhm) from the ``CoaddCells`` SQL table.
+
+    That table (schema ``rubin``) shows the default collection only, so it is
+    used when the report is on that collection; None when it is absent or lacks
+    a FWHM column.
+    """
+    if data.collection != data.repo.default_collection:
+        return None
+    cols = {c.lower(): c for c in data.repo.sql(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'rubin' "
+        "AND lower(table_name) = 'coaddcells'", adql=False).column("column_name").to_pylist()}
+    fwhm = next((cols[c.lower()] for c in _CELL_FWHM_COLUMNS if c.lower() in cols), None)
+    if fwhm is None or not {"tract", "patch", "band", "cell_x", "cell_y"} <= set(cols):
+        return None
+    table = data.repo.sql(f'SELECT tract, patch, band, cell_x, cell_y, "{fwhm}" AS fwhm '
+                          "FROM rubin.CoaddCells", adql=False)
+    out: dict[tuple, list] = {}
+    for row in zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True):
+        out.setdefault(tuple(row[:3]), []).append(row[3:])
+    return {k: tuple(np.asarray(c, dtype=float) for c in zip(*v, strict=True))
+            for k, v in out.items()}
+
+
 def _cell_items(data: ReportData, section: Section, max_patches: int) -> None:
-    refs = data.refs("deep_coadd_cell")
+    refs = _by_coverage(data, data.refs("deep_coadd_cell"))
     if not refs:
         section.note(f"No cell coadds (deep_coadd_cell) in {data.label}: run "
                      "assemble_cell_coadd to get the per-cell PSF map.")
         return
+    from_sql = _cells_from_sql(data)
     maps, unread, values = [], 0, []
     for ref in refs[:max_patches]:
-        try:
-            got = cell_psf_fwhm(data.get(ref))
-        except DrpError as err:
-            warnings.warn(f"report: cannot read {ref.dataset_type} {ref.data_id}: {err}",
-                          stacklevel=2)
-            got = None
+        d = ref.data_id
+        got = from_sql.get((d.get("tract"), d.get("patch"), d.get("band"))) if from_sql else None
+        if got is None:
+            try:
+                got = cell_psf_fwhm(data.get(ref))
+            except DrpError as err:
+                warnings.warn(f"report: cannot read {ref.dataset_type} {d}: {err}", stacklevel=2)
         if got is None:
             unread += 1
             continue
@@ -317,37 +397,36 @@ def _cell_items(data: ReportData, section: Section, max_patches: int) -> None:
         ix, iy = cx.astype(int) - int(cx.min()), cy.astype(int) - int(cy.min())
         grid = np.full((iy.max() + 1, ix.max() + 1), np.nan)
         grid[iy, ix] = fwhm
-        label = f"tract {ref.data_id.get('tract')} patch {ref.data_id.get('patch')}"
-        maps.append((f"{label} ({ref.data_id.get('band')})", grid))
+        maps.append((f"tract {d.get('tract')} patch {d.get('patch')} ({d.get('band')})", grid))
         values.append(fwhm[np.isfinite(fwhm)])
     if unread:
         section.note(f"{unread} deep_coadd_cell dataset(s) hold no per-cell PSF this report "
                      "can read (a table with cell_x, cell_y, psf_fwhm or a PSF image array).")
     if not maps:
         return
-    allv = np.concatenate(values) if values else np.array([np.nan])
-    vmin, vmax = (float(np.nanpercentile(allv, 1)), float(np.nanpercentile(allv, 99))) \
-        if np.isfinite(allv).any() else (0.0, 1.0)
+    allv = np.concatenate(values)
+    vmin, vmax = ((float(np.percentile(allv, 1)), float(np.percentile(allv, 99)))
+                  if allv.size else (0.0, 1.0))
     omitted = len(refs) - min(len(refs), max_patches)
     caption = (
-        "PSF FWHM of each cell of the cell-based coadds (one panel per patch and band; empty "
-        "cells had no input). Good: the FWHM changes smoothly from cell to cell, tracking the "
-        "seeing of the inputs; single cells much sharper or broader than their neighbours "
-        "point to a cell with few or odd inputs. "
+        "PSF FWHM of each cell of the cell-based coadds (one panel per patch and band, the "
+        "best-covered patches; empty cells had no input). Good: the FWHM changes smoothly from "
+        "cell to cell, tracking the seeing of the inputs; single cells much sharper or broader "
+        "than their neighbours point to a cell with few or odd inputs. "
         f"Range over cells: {vmin:.2f}-{vmax:.2f}\" (1st-99th percentile)."
         + (f" {omitted} more patch(es) not shown." if omitted else ""))
     section.items.append(Figure("Cell-coadd PSF FWHM", caption, _plot_cells(maps, vmin, vmax)))
 
 
-def coadd_section(data: ReportData, *, max_patches: int = 8, max_pixels: int = 400) -> Section:
+def coadd_section(data: ReportData, *, max_patches: int = 6, max_pixels: int = 340) -> Section:
     """The "Coadds" section: images with coverage and CLIPPED pixels, and the cell PSF map.
 
     Parameters
     ----------
     data : ReportData
     max_patches : int
-        Patches shown per band (the first in patch order; the caption says how many
-        more there are).
+        Patches shown per band: those overlapped by the most visits of the band
+        (the caption says how many more there are).
     max_pixels : int
         Largest side of a shown image, pixels after binning.
     """

@@ -238,7 +238,7 @@ def _whiskers(ax, xi, eta, e1, e2, scale, color, label, width=0.004):
 def _plot_map(pmap: PsfMap) -> bytes:
     has_truth = pmap.true_fwhm is not None
     ncols = 3 if has_truth else 2
-    fig, axes = new_figure(4.2 * ncols, 4.4, 1, ncols)
+    fig, axes = new_figure(4.4 * ncols, 4.4, 1, ncols, margins=(0.7, 0.2, 0.55, 0.3), wspace=0.45)
     span = max(np.ptp(pmap.xi), np.ptp(pmap.eta), 1e-3)
     scale = 0.12 * span / 0.1  # a whisker of |e| = 0.1 spans 12% of the field
     ax = axes[0, 0]
@@ -315,7 +315,7 @@ def _stats(values) -> tuple[float, float]:
 
 
 def _plot_residuals(res: StarResiduals) -> bytes:
-    fig, axes = new_figure(13.0, 3.6, 1, 4)
+    fig, axes = new_figure(13.0, 3.6, 1, 4, margins=(0.2, 0.15, 0.55, 0.1), wspace=0.3)
     for ax, (values, label, lim) in zip(axes[0, :3], (
             (res.de1, "$e_1$(star) − $e_1$(model)", 0.1),
             (res.de2, "$e_2$(star) − $e_2$(model)", 0.1),

@@ -125,8 +125,14 @@ class Section:
                 f"{len(self.notes)} notes)")
 
 
-def new_figure(width: float, height: float, nrows: int = 1, ncols: int = 1, **kwargs):
-    """A matplotlib figure (Agg, no pyplot) and its axes array.
+def new_figure(width: float, height: float, nrows: int = 1, ncols: int = 1, *,
+               margins: tuple[float, float, float, float] = (0.75, 0.15, 0.6, 0.3),
+               wspace: float = 0.3, hspace: float = 0.3, **kwargs):
+    """A matplotlib figure (Agg, no pyplot) with a fixed grid of axes.
+
+    The layout is fixed (margins in inches) rather than solved by a layout
+    engine: measured on the demo report, constrained layout spent ~3 s of ~9 s
+    computing tight bounding boxes.
 
     Parameters
     ----------
@@ -134,6 +140,10 @@ def new_figure(width: float, height: float, nrows: int = 1, ncols: int = 1, **kw
         Figure size, inches.
     nrows, ncols : int
         Grid of axes.
+    margins : tuple of float
+        Left, right, bottom, top margins, inches (room for labels and titles).
+    wspace, hspace : float
+        Gaps between axes, fractions of the mean axes width / height.
     **kwargs
         Passed to :meth:`matplotlib.figure.Figure.subplots` (``squeeze`` is False).
 
@@ -145,7 +155,10 @@ def new_figure(width: float, height: float, nrows: int = 1, ncols: int = 1, **kw
     """
     from matplotlib.figure import Figure as MplFigure
 
-    fig = MplFigure(figsize=(width, height), dpi=DPI, layout="constrained")
+    left, right, bottom, top = margins
+    fig = MplFigure(figsize=(width, height), dpi=DPI)
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height,
+                        top=1 - top / height, wspace=wspace, hspace=hspace)
     axes = fig.subplots(nrows, ncols, squeeze=False, **kwargs)
     return fig, axes
 

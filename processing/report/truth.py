@@ -210,7 +210,7 @@ def _level_mag(centers, fraction, level: float) -> float:
 
 
 def _plot_completeness(m: TruthMatches, mag_lim: dict[str, float]) -> tuple[bytes, list[str]]:
-    fig, axes = new_figure(13.0, 4.2, 1, 2)
+    fig, axes = new_figure(13.0, 4.2, 1, 2, margins=(0.7, 0.15, 0.55, 0.15), wspace=0.18)
     notes = []
     ax = axes[0, 0]
     for b in sorted(set(m.band)):
@@ -291,7 +291,7 @@ def _conditions(data: ReportData):
 
 
 def _plot_conditions(band, seeing, true_fwhm, zp, true_zp) -> bytes:
-    fig, axes = new_figure(11.0, 4.0, 1, 2)
+    fig, axes = new_figure(11.0, 4.0, 1, 2, margins=(0.8, 0.35, 0.55, 0.15), wspace=0.25)
     for b in sorted(set(band)):
         sel = band == b
         axes[0, 0].plot(true_fwhm[sel], 100 * (seeing[sel] / true_fwhm[sel] - 1), "o", ms=4,

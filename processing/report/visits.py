@@ -133,7 +133,8 @@ def collect_visit_conditions(data: ReportData) -> VisitConditions | None:
 
 
 def _plot(cond: VisitConditions) -> bytes:
-    fig, axes = new_figure(9.0, 8.0, 4, 1, sharex=True)
+    fig, axes = new_figure(9.0, 8.0, 4, 1, sharex=True, margins=(0.8, 0.15, 0.55, 0.1),
+                           hspace=0.08)
     mjd0 = float(np.floor(np.nanmin(cond.mjd))) if np.isfinite(cond.mjd).any() else 0.0
     t = cond.mjd - mjd0
     flagged = cond.outliers()
