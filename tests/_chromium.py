@@ -12,6 +12,7 @@ the state of every ``<img>``, and writes a full-page PNG screenshot.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import select
@@ -161,18 +162,20 @@ def check_page(page: Path, screenshot: Path, *, width: int = 1280, timeout: floa
     to_chrome_r, to_chrome_w = os.pipe()
     from_chrome_r, from_chrome_w = os.pipe()
 
-    def _child_fds():  # the protocol expects its pipe on fds 3 (in) and 4 (out)
-        src_in, src_out = os.dup(to_chrome_r), os.dup(from_chrome_w)  # clear of 3 and 4
-        os.dup2(src_in, 3)
-        os.dup2(src_out, 4)
-
+    # The protocol expects its pipe on fds 3 (commands in) and 4 (replies out): bash moves
+    # our pipe ends there and execs Chromium (no preexec_fn, which is unsafe with threads;
+    # not dash, whose redirections take single-digit fds only).
+    r, w = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (to_chrome_r, from_chrome_w))
+    os.close(to_chrome_r)  # the copies are >= 10: the shell's 3 and 4 cannot clobber them
+    os.close(from_chrome_w)
     proc = subprocess.Popen(
-        [exe, *_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},900",
+        [shutil.which("bash") or "/bin/bash", "-c", f'exec "$0" "$@" 3<&{r} 4>&{w} {r}<&- {w}>&-',
+         exe, *_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},900",
          "about:blank"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        preexec_fn=_child_fds, pass_fds=(3, 4, to_chrome_r, from_chrome_w), close_fds=True)
-    os.close(to_chrome_r)
-    os.close(from_chrome_w)
+        pass_fds=(r, w), close_fds=True)
+    os.close(r)
+    os.close(w)
     pipe = _Pipe(proc, to_chrome_w, from_chrome_r, deadline)
     result = PageCheck()
     try:

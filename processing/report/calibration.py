@@ -161,16 +161,16 @@ def collect_reference_matches(data: ReportData, *, match_radius: float = 1.0
 
 
 def _per_visit(visit, band, values, stat):
-    """(visit index, band, statistic) per visit, visits in id order."""
-    visits = np.unique(visit)
-    out_band = np.empty(visits.size, dtype=object)
+    """(visits in id order, their band, ``stat`` of their finite values)."""
+    order = np.argsort(visit, kind="stable")
+    visits, starts = np.unique(visit[order], return_index=True)
+    groups = np.split(order, starts[1:])
     out = np.full(visits.size, np.nan)
-    for i, v in enumerate(visits):
-        sel = (visit == v) & np.isfinite(values)
-        out_band[i] = band[visit == v][0]
-        if sel.any():
-            out[i] = stat(values[sel])
-    return visits, out_band.astype(str), out
+    for i, rows in enumerate(groups):
+        finite = values[rows][np.isfinite(values[rows])]
+        if finite.size:
+            out[i] = stat(finite)
+    return visits, np.asarray(band)[order[starts]].astype(str), out
 
 
 def _rms(v) -> float:

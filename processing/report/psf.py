@@ -283,11 +283,13 @@ def collect_star_residuals(data: ReportData) -> StarResiduals | None:
     cols = ["slot_Shape_xx", "slot_Shape_yy", "slot_Shape_xy", "slot_PsfShape_xx",
             "slot_PsfShape_yy", "slot_PsfShape_xy", "calib_psf_reserved", "calib_psf_used",
             "psfFlux"]
-    if not data.sql_columns("single_visit_star"):
+    stored = data.sql_columns("single_visit_star")
+    if not {c.lower() for c in cols[:-1]} <= set(stored):
         return None
-    table = data.table("single_visit_star", cols, optional=["psfFlux"],
-                       where="(s.calib_psf_reserved OR s.calib_psf_used) "
-                             "AND NOT coalesce(s.slot_Shape_flag, false)")
+    where = "(s.calib_psf_reserved OR s.calib_psf_used)"
+    if "slot_shape_flag" in stored:
+        where += " AND NOT coalesce(s.slot_Shape_flag, false)"
+    table = data.table("single_visit_star", cols, optional=["psfFlux"], where=where)
     if table.num_rows == 0:
         return None
     get = {c: np.asarray(table.column(c).to_numpy(zero_copy_only=False), dtype=float)

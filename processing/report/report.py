@@ -174,7 +174,8 @@ def build_report(repo, *, collection: str | None = None, visit: int | None = Non
         if section is not None:
             sections.append(section)
     now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    subtitle = [f"Repository: {repo.root}", f"Collection: {data.label}", f"Generated {now}"]
+    subtitle = [f"Repository: {repo.root}", f"Collection: {data.label}",
+                f"Generated {now} in {sum(timings.values()):.1f} s"]
     return Report(title="drp data-release QA report", subtitle=subtitle, sections=sections,
                   timings=timings)
 

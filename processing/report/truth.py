@@ -26,6 +26,7 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from store.sphgeom import ConvexPolygon
 
@@ -121,6 +122,8 @@ def collect_truth_matches(data: ReportData, *, match_radius: float = 1.0) -> Tru
     footprints = _footprints(data)
     if src.num_rows == 0 or truth.num_rows == 0 or not footprints or not mag_cols:
         return None
+    by_dec = np.argsort(_np(truth, "dec"), kind="stable")  # dec-sorted: a band is a slice
+    truth = truth.take(pa.array(by_dec))
     t_ra, t_dec = _np(truth, "ra"), _np(truth, "dec")
     t_visit = np.asarray([-1 if v is None else v for v in truth.column("visit").to_pylist()],
                          dtype=np.int64)
@@ -140,9 +143,9 @@ def collect_truth_matches(data: ReportData, *, match_radius: float = 1.0) -> Tru
         if key not in footprints or band not in mag_cols:
             continue
         ra_c, dec_c = footprints[key]
-        box = ((t_dec >= min(dec_c) - 0.01) & (t_dec <= max(dec_c) + 0.01)
-               & ((t_visit < 0) | (t_visit == key[0])))
-        cand = np.flatnonzero(box)
+        lo, hi = np.searchsorted(t_dec, [min(dec_c) - 0.01, max(dec_c) + 0.01])
+        cand = np.arange(lo, hi)
+        cand = cand[(t_visit[cand] < 0) | (t_visit[cand] == key[0])]
         inside = cand[ConvexPolygon(ra_c, dec_c).contains(t_ra[cand], t_dec[cand])]
         if inside.size == 0:
             continue
