@@ -84,7 +84,7 @@ class ReportData:
     @property
     def label(self) -> str:
         """The collection's name as the report shows it."""
-        return self.collection or "every run (no default collection)"
+        return self.collection or "the repository (all runs, no default collection)"
 
     # -- what exists ----------------------------------------------------------------------
     def sql_columns(self, dataset_type: str) -> dict[str, str]:
