@@ -350,14 +350,14 @@ def test_calibration_residuals_recover_the_planted_offsets(data, survey):
 
 
 def test_coadd_panels(data):
-    panels, more = collect_coadd_panels(data, "g")
-    assert more == 0 and [p.data_id["patch"] for p in panels] == [0, 1]
+    panels, more, failed = collect_coadd_panels(data, "g")
+    assert more == 0 and failed == [] and [p.data_id["patch"] for p in panels] == [0, 1]
     assert panels[0].clipped_fraction == pytest.approx(CLIPPED_ROWS / 300)
     assert panels[1].clipped_fraction == 0.0
     assert panels[0].no_data_fraction == pytest.approx(400 / 300**2)
     assert panels[0].n_image_median == 3.0
     assert panels[0].clipped.any() and np.isnan(panels[0].image[0, 0])
-    panels, more = collect_coadd_panels(data, "g", max_patches=1, max_pixels=100)
+    panels, more, _ = collect_coadd_panels(data, "g", max_patches=1, max_pixels=100)
     assert more == 1 and panels[0].image.shape == (100, 100)  # binned by 3
 
 
@@ -489,3 +489,38 @@ def test_cli(survey, tmp_path):
     assert len(res.output.strip().splitlines()) == 1
     res = runner.invoke(main, ["report", "--help"])
     assert res.exit_code == 0 and "--collection" in res.output
+
+
+def test_bin_image_by_hand():
+    from processing.report.coadds import bin_image
+
+    a = np.array([[1.0, 3.0, 7.0, 0.0], [np.nan, 5.0, 1.0, 0.0], [np.nan, np.nan, 2.0, 2.0],
+                  [np.nan, np.nan, 2.0, 2.0]])
+    assert bin_image(a, 2) == pytest.approx(np.array([[3.0, 2.0], [np.nan, 2.0]]),
+                                            nan_ok=True)
+    assert bin_image(np.isnan(a), 2, reduce="any").tolist() == [[True, False], [True, False]]
+    assert bin_image(np.arange(16.0).reshape(4, 4), 2, reduce="sample").tolist() == [
+        [5.0, 7.0], [13.0, 15.0]]
+    with pytest.raises(ValueError, match="reduce must be"):
+        bin_image(a, 2, reduce="median")
+
+
+def test_unreadable_dataset_becomes_a_note(tmp_path):
+    from store import Repo
+
+    with Repo.create(tmp_path / "repo") as repo:
+        _dimensions(repo)
+        repo.register_dataset_type("deep_coadd", ("skymap", "tract", "patch", "band"),
+                                   "Exposure")
+        repo.register_run("proc")
+        rng = np.random.default_rng(1)
+        refs = [repo.put(_coadd(rng, clipped=False)[0], "deep_coadd",
+                         {"skymap": "sm", "tract": 0, "patch": p, "band": "g"}, run="proc")
+                for p in (0, 1)]
+        repo.path_of(refs[0]).write_bytes(b"not a FITS file")
+        with pytest.warns(UserWarning, match="cannot read deep_coadd"):
+            report = build_report(repo, collection="proc")
+    coadds = next(s for s in report.sections if s.title == "Coadds")
+    assert len(coadds.figures) == 1 and "1 patch coadd(s)" in coadds.figures[0].caption
+    assert any("Could not read deep_coadd" in n.text and "'patch': 0" in n.text
+               for n in coadds.notes)

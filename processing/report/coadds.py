@@ -143,7 +143,7 @@ def _key(ref) -> tuple:
 
 
 def collect_coadd_panels(data: ReportData, band: str, *, max_patches: int = 6,
-                         max_pixels: int = 340) -> tuple[list[CoaddPanel], int]:
+                         max_pixels: int = 340) -> tuple[list[CoaddPanel], int, list[str]]:
     """Binned coadds of one band, best-covered patches first (then in patch order).
 
     Parameters
@@ -161,13 +161,20 @@ def collect_coadd_panels(data: ReportData, band: str, *, max_patches: int = 6,
     panels : list of CoaddPanel
     n_more : int
         Patches of the band left out by ``max_patches``.
+    failed : list of str
+        One line per coadd that could not be read (left out, with a warning).
     """
     refs = _by_coverage(data, data.refs("deep_coadd", "band = $b", {"b": band}))
     n_refs = {_key(r): r for r in data.refs("deep_coadd_n_image", "band = $b", {"b": band})}
     clipped_bit, nodata_bit = bits("CLIPPED"), bits("NO_DATA")
-    panels = []
+    panels, failed = [], []
     for ref in refs[:max_patches]:
-        exposure = data.get(ref)
+        try:
+            exposure = data.get(ref)
+        except DrpError as err:  # one broken file must not cost the whole section
+            failed.append(f"{ref.dataset_type} {dict(ref.data_id)}: {err}".splitlines()[0])
+            warnings.warn(f"report: cannot read {failed[-1]}", stacklevel=2)
+            continue
         factor = max(1, int(np.ceil(max(exposure.image.shape) / max_pixels)))
         mask = exposure.mask if exposure.mask is not None else np.zeros(exposure.image.shape,
                                                                           np.int32)
@@ -189,7 +196,7 @@ def collect_coadd_panels(data: ReportData, band: str, *, max_patches: int = 6,
             n_image=n_binned,
             clipped_fraction=np.count_nonzero(clipped) / clipped.size,
             no_data_fraction=np.count_nonzero(nodata) / nodata.size, n_image_median=n_med))
-    return panels, max(0, len(refs) - max_patches)
+    return panels, max(0, len(refs) - max_patches), failed
 
 
 def _by_coverage(data: ReportData, refs: list) -> list:
@@ -438,8 +445,12 @@ def coadd_section(data: ReportData, *, max_patches: int = 6, max_pixels: int = 3
         section.note(f"No deep_coadd datasets in {data.label}: run make_warp and "
                      "assemble_coadd to get coadd images.")
     for band in bands:
-        panels, omitted = collect_coadd_panels(data, band, max_patches=max_patches,
-                                               max_pixels=max_pixels)
+        panels, omitted, failed = collect_coadd_panels(data, band, max_patches=max_patches,
+                                                       max_pixels=max_pixels)
+        for line in failed:
+            section.note(f"Could not read {line}")
+        if not panels:
+            continue
         clipped = np.array([p.clipped_fraction for p in panels])
         n_med = np.array([p.n_image_median for p in panels])
         with warnings.catch_warnings():
