@@ -14,11 +14,13 @@ because ``registry.duckdb`` holds, in the schema ``rubin``, these tables:
                   drp can fill), then the same extra statistics
 ``Source``        view, the ``dp1_Source`` columns that the ``source`` datasets have
 ``PsfStar``       view, every column of the ``single_visit_star`` (PSF-star) datasets
+``CoaddCells``    view, one row per cell of the cell-based coadds: every column of the
+                  ``deep_coadd_cell_index`` datasets
 ================  ====================================================================
 
 ``CcdVisit`` and ``VisitDetector`` are materialised (rebuilt in the commit
 that changes the default collection's visit summaries): their ~65 derived
-columns would cost a view ~10 ms of binding in every query.  The other three
+columns would cost a view ~10 ms of binding in every query.  The others
 stay views: ``Visit`` must follow dimension records inserted at any time, and
 the big tables must not be copied twice.
 
@@ -43,6 +45,9 @@ table row, plus ``_dataset_id``) by column name:
   Rubin name, and optionally ``wcsCornerMaxOffset`` (arcsec);
 * ``ds_source``: ``dp1_Source`` column names, fluxes in nJy;
 * ``ds_single_visit_star``: anything (shown as it is);
+* ``ds_deep_coadd_cell_index`` (``processing.tasks.assemble_cell_coadd``):
+  anything (shown as it is); the producer writes ``skymap, tract, patch,
+  band, cell_id, cell_x, cell_y, ra, dec, n_inputs, psf_fwhm, depth``...;
 * the ``visit`` dimension table's declared columns (:mod:`store.dimensions`).
 
 A column a producer lacks reads as NULL (``Source`` and ``PsfStar`` simply
@@ -432,6 +437,11 @@ def refresh_rubin_views(con) -> None:
     _view(con, "PsfStar", (
         "SELECT * EXCLUDE (_dataset_id, _run) FROM main.ds_single_visit_star AS s"
         f"{_default_rows(con, 'single_visit_star', 's')}") if star_cols else None)
+
+    cell_cols = _columns(con, "ds_deep_coadd_cell_index")
+    _view(con, "CoaddCells", (
+        "SELECT * EXCLUDE (_dataset_id, _run) FROM main.ds_deep_coadd_cell_index AS s"
+        f"{_default_rows(con, 'deep_coadd_cell_index', 's')}") if cell_cols else None)
 
 
 def use_rubin_tables(con) -> None:
