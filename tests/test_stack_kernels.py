@@ -109,7 +109,9 @@ def test_median_and_robust_mean_templates():
     assert np.all(np.isnan(med.image[empty])) and np.all(med.mask[empty] & bits("NO_DATA"))
     np.testing.assert_array_equal(med.n_image, accepted.sum(axis=0))
     # ROBUSTMEAN: the weighted mean of the inputs within 3 of their sigmas of that median.
-    img, var, n, wsum = robust_template(x, v, m, w, bad_mask=bad, n_sigma=3.0)
+    img, var, n, wsum, median = robust_template(x, v, m, w, bad_mask=bad, n_sigma=3.0)
+    np.testing.assert_array_equal(np.isnan(median), np.isnan(med.image))
+    np.testing.assert_allclose(median[~empty], med.image[~empty], rtol=1e-6)
     some_var = np.isfinite(var)
     near = accepted & (np.abs(x - med.image) <= 3 * np.sqrt(v))
     ws = np.where(near, w[:, None, None], 0.0)

@@ -17,7 +17,8 @@ aligned warps (a subregion of the patch, all inputs):
    within ``template_n_sigma`` of their own noise from the median, which one or
    two deviant epochs cannot move (CompareWarp's template is a 2.5-sigma
    clipped mean, whose inter-quartile first pass two outliers among six
-   inflate) and whose residuals stay Gaussian (a median's do not).
+   inflate) and whose residuals stay Gaussian (a median's do not).  Each warp
+   is compared with the template of the others (leave-one-out).
 3. **Candidates**, per warp: the residual ``(M_k - T) / sqrt(V_k + V_T)``
    smoothed with a box of about the PSF width, thresholded at ``threshold``
    times its robust (inter-quartile) scatter, both polarities; 8-connected
@@ -57,6 +58,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from ._artifact_kernels import bin_block, loo_residual
 from .detection import grow_mask
 from .stack import StackResult
 from .stack_kernels import robust_template
@@ -71,6 +73,10 @@ class ArtifactConfig:
 
     Attributes
     ----------
+    bin : int
+        The search runs on ``bin x bin`` binned warps (4x less work for 2; cosmic
+        rays and trails stay far above the binned noise); the artefact masks
+        are brought back to full resolution.
     template_n_sigma : float
         Inputs further than this many of their own sigmas from the median are
         left out of the template.
@@ -101,6 +107,7 @@ class ArtifactConfig:
         scales with the source; an artefact on it does not).
     """
 
+    bin: int = 2
     template_n_sigma: float = 3.0
     threshold: float = 5.0
     min_pixels: int = 4
@@ -116,6 +123,8 @@ class ArtifactConfig:
     preserve_relative: float = 0.35
 
     def __post_init__(self):
+        if self.bin < 1:
+            raise ValueError(f"bin must be >= 1, got {self.bin}")
         if not self.threshold > 0:
             raise ValueError(f"threshold must be > 0, got {self.threshold}")
         if self.min_pixels < 1:
@@ -157,8 +166,8 @@ def _smooth(values: np.ndarray, size: int) -> np.ndarray:
 
 
 def _robust_scale(values: np.ndarray, valid: np.ndarray) -> float:
-    """0.7413 x IQR of the valid values (every 3rd pixel; 1 when there are too few)."""
-    sample = values.ravel()[::3][valid.ravel()[::3]]
+    """0.7413 x IQR of the valid values (every 5th pixel; 1 when there are too few)."""
+    sample = values.ravel()[::5][valid.ravel()[::5]]
     if sample.size < 200:
         return 1.0
     q1, q3 = np.percentile(sample, [25.0, 75.0])
@@ -217,15 +226,16 @@ def _match(images, variances, masks, moments, weights, bad_mask, config):
     Warp ``k`` with PSF second moments ``C_k`` is convolved with the Gaussian of
     covariance ``s^2 I - C_k``, ``s^2 = max_k(max(C_xx, C_yy) + |C_xy|)``, the
     smallest circular target every warp can reach with three 1-D passes.  The
-    warp's excluded pixels are first filled with the robust mean of the other
-    (unmatched) warps, so a source cut by a bad column keeps its matched
-    profile up to the small PSF difference of the filled pixels; where no warp
-    has data the convolution is normalised by the kernel weight on data.
+    warp's excluded pixels are first filled with the median of the (unmatched)
+    warps, so a source cut by a bad column keeps its matched profile up to the
+    small PSF difference of the filled pixels (and an artefact of another warp
+    does not leak in); where no warp has data the convolution is normalised by
+    the kernel weight on data.
     """
     ixx, iyy, ixy = moments[:, 0], moments[:, 1], moments[:, 2]
     target = float(np.max(np.maximum(ixx, iyy) + np.abs(ixy))) * 1.0001
-    fill, _, fill_n, _ = robust_template(images, variances, masks, weights, bad_mask=bad_mask,
-                                         n_sigma=config.template_n_sigma)
+    _, _, fill_n, _, fill = robust_template(images, variances, masks, weights,
+                                            bad_mask=bad_mask)
     has_fill = fill_n > 0
     x = np.empty(images.shape, np.float32)
     v = np.empty(images.shape, np.float32)
@@ -290,26 +300,27 @@ class _SourceGroups:
         self.yy, self.xx = (a.ravel().astype(float) for a in np.indices(peak_id.shape))
         self.relative = config.preserve_relative
 
-    def kept(self, residual, template, strength, candidates) -> np.ndarray | None:
-        """Pixels of one warp whose residual looks like the source's own.
+    def kept(self, index: np.ndarray, residual, template, strength) -> np.ndarray:
+        """For the candidate pixels ``index`` (flat) of one warp: the source's own residual?
 
-        Inside a source footprint, a pixel is kept when its group's candidates
-        have their |residual|-weighted centroid within ``radius`` of the peak
-        (centro-symmetric: PSF mismatch, a variable star), or when its residual
-        is below ``relative`` times the template there.
+        Inside a source footprint, a pixel is kept when the warp's candidates
+        of that source have their |residual|-weighted centroid within
+        ``radius`` of its peak (centro-symmetric: PSF mismatch, a variable
+        star), or when its residual is below ``relative`` times the template.
+        ``residual``, ``template`` and ``strength`` are the values at ``index``.
         """
-        if self.group is None:
-            return None
-        g, n = self.group, self.n_peaks + 1
-        w = np.where(candidates, strength, 0.0).ravel()
-        sw = np.bincount(g, weights=w, minlength=n)
+        if self.group is None or index.size == 0:
+            return np.zeros(index.size, dtype=bool)
+        g = self.group[index]
+        n = self.n_peaks + 1
+        sw = np.bincount(g, weights=strength, minlength=n)
         with np.errstate(invalid="ignore", divide="ignore"):
-            cy = np.bincount(g, weights=w * self.yy, minlength=n) / sw
-            cx = np.bincount(g, weights=w * self.xx, minlength=n) / sw
+            cy = np.bincount(g, weights=strength * self.yy[index], minlength=n) / sw
+            cx = np.bincount(g, weights=strength * self.xx[index], minlength=n) / sw
         centred = np.zeros(n, dtype=bool)
         centred[1:] = np.hypot(cy[1:] - self.py, cx[1:] - self.px) <= self.radius
-        small = np.abs(residual.ravel()) <= self.relative * np.maximum(template.ravel(), 0.0)
-        return ((g > 0) & (centred[g] | small)).reshape(residual.shape)
+        small = np.abs(residual) <= self.relative * np.maximum(template, 0.0)
+        return (g > 0) & (centred[g] | small)
 
 
 def find_artifacts(images: np.ndarray, variances: np.ndarray, masks: np.ndarray,
@@ -350,84 +361,98 @@ def find_artifacts(images: np.ndarray, variances: np.ndarray, masks: np.ndarray,
     n_cand = np.zeros(n_in, np.int64)
     n_art = np.zeros(n_in, np.int64)
     w_in = np.asarray(weights, dtype=float).reshape(-1)
-    x, v, m, approx, sigma = _match(images, variances, masks, moments, w_in, bad_mask,
-                                    config)
-    t_img, t_var, t_n, t_w = robust_template(x, v, m, w_in, bad_mask=bad_mask,
-                                             n_sigma=config.template_n_sigma)
+    b = int(config.bin)
+    bx, bv, bm = _binned(images, variances, masks, bad_mask, b)
+    x, v, m, _, sigma = _match(bx, bv, bm, moments / (b * b), w_in, bad_mask, config)
+    del bx, bv, bm
+    t_img, t_var, t_n, t_w, t_med = robust_template(x, v, m, w_in, bad_mask=bad_mask,
+                                                    n_sigma=config.template_n_sigma)
     template = StackResult(t_img, t_var, np.zeros(t_img.shape, np.int32), t_n,
                            np.zeros(t_img.shape, np.int32))
     if t_n.max(initial=0) < 3:
         return ArtifactResult(clipped, template, n_cand, n_art)
     t_valid = np.isfinite(t_img) & (t_var > 0)
-    sources = _SourceGroups(template, sigma, config)
-    candidates = np.zeros(shape, dtype=bool)
-    keep = np.zeros(shape, dtype=bool)
+    # Sources are found on the median, which the faint wings of an artefact in one or
+    # two epochs do not reach (the robust mean keeps wings within 3 sigma).
+    med_var = np.where(t_n > 2, np.pi / 2, 1.0) * t_var
+    sources = _SourceGroups(StackResult(t_med, med_var, template.mask, t_n, template.n_clipped),
+                            sigma, config)
+    bshape = x.shape
+    plane = bshape[1] * bshape[2]
+    candidates = np.zeros(bshape, dtype=bool)
+    keep = np.zeros(bshape, dtype=bool)
     box = _box_size(sigma)
+    resid = np.empty(bshape[1:], np.float32)
+    diff = np.empty(bshape[1:], np.float32)
+    other = np.empty(bshape[1:], np.float32)
     for k in range(n_in):
-        with np.errstate(invalid="ignore", divide="ignore"):
-            valid = t_valid & ((m[k] & bad_mask) == 0)
-            # Leave-one-out: compare warp k with the template of the others, so the
-            # residual's variance is exactly V_k + V_others wherever warp k was averaged.
-            wk = w_in[k]
-            inside = valid & (t_w > wk) & (np.abs(x[k] - t_img) <= config.template_n_sigma
-                                           * np.sqrt(v[k]))
-            rest_w = np.where(inside, t_w - wk, 1.0)
-            other = np.where(inside, (t_w * t_img - wk * x[k]) / rest_w, t_img)
-            other_var = np.where(inside, (t_w * t_w * t_var - wk * wk * v[k]) / rest_w ** 2,
-                                 t_var)
-            diff = np.where(valid, x[k] - other, 0.0)
-            resid = diff / np.sqrt(np.where(valid, v[k] + np.maximum(other_var, 0.0), 1.0))
-        s = _smooth(resid.astype(np.float32), box)
+        valid = t_valid & ((m[k] & bad_mask) == 0)
+        # Leave-one-out: warp k against the template of the others, so the residual's
+        # variance is V_k + V_others wherever warp k was averaged into the template.
+        loo_residual(x[k], v[k], valid, t_img, t_var, t_w, float(w_in[k]),
+                     float(config.template_n_sigma), resid, diff, other)
+        s = _smooth(resid, box)
         level = config.threshold * _robust_scale(s, valid)
         np.abs(s, out=s)
-        candidates[k] = valid & (s > level)
-        kept = sources.kept(diff, np.where(valid, other, 0.0), s, candidates[k])
-        if kept is not None:
-            keep[k] = kept
-    del x, v, approx
+        cand = valid & (s > level)
+        candidates[k] = cand
+        index = np.flatnonzero(cand)
+        keep[k].ravel()[index] = sources.kept(index, diff.ravel()[index], other.ravel()[index],
+                                              s.ravel()[index])
+    del x, v
     structure = np.zeros((3, 3, 3), dtype=bool)
     structure[1] = True  # 8-connected within a warp, never across warps
     labels, n_labels = ndimage.label(candidates, structure=structure)
     if n_labels == 0:
         return ArtifactResult(clipped, template, n_cand, n_art)
-    count = candidates.sum(axis=0, dtype=np.int32)
-    size = np.zeros(n_labels + 1)
-    sum_n = np.zeros(n_labels + 1)
-    sum_keep = np.zeros(n_labels + 1)
-    n_img = template.n_image.ravel()
-    for k in range(n_in):  # per warp: temporaries of one plane only
-        lab = labels[k].ravel()
-        size += np.bincount(lab, minlength=n_labels + 1)
-        sum_n += np.bincount(lab, weights=n_img, minlength=n_labels + 1)
-        sum_keep += np.bincount(lab, weights=keep[k].ravel(), minlength=n_labels + 1)
+    # Bookkeeping on the candidate pixels only (a few per cent of the block).
+    index = np.flatnonzero(labels)
+    lab = labels.ravel()[index]
+    warp_of = index // plane
+    pixel = index % plane
+    count = candidates.sum(axis=0, dtype=np.int32).ravel()[pixel]
+    kept = keep.ravel()[index]
+    size = np.bincount(lab, minlength=n_labels + 1).astype(float)
     denom = np.maximum(size, 1)
-    mean_n = sum_n / denom
+    mean_n = np.bincount(lab, weights=t_n.ravel()[pixel], minlength=n_labels + 1) / denom
     eff_max = np.floor(np.minimum(config.max_fraction_epochs_low * mean_n,
                                   config.max_num_epochs
                                   + config.max_fraction_epochs_high * mean_n)).astype(np.int64)
-    flat_count = count.ravel()
-    few = np.zeros(shape, dtype=bool)
-    sum_few = np.zeros(n_labels + 1)
-    for k in range(n_in):
-        lab = labels[k].ravel()
-        few_k = (flat_count > 0) & (flat_count <= eff_max[lab]) & (lab > 0)
-        few[k] = few_k.reshape(count.shape)
-        sum_few += np.bincount(lab, weights=few_k, minlength=n_labels + 1)
+    few = (count > 0) & (count <= eff_max[lab])
+    frac_few = np.bincount(lab, weights=few, minlength=n_labels + 1) / denom
+    preserved = np.bincount(lab, weights=kept, minlength=n_labels + 1) >= size - 0.5
     real = size >= config.min_pixels
     real[0] = False
-    preserved = sum_keep >= size - 0.5
     # Mostly few-epoch candidates are artefacts as a whole (CompareWarp); in a candidate
     # merged with a source's multi-epoch residual, its few-epoch pixels outside the
     # source's own residual are.
-    whole = real & ~preserved & (sum_few / denom > config.spatial_threshold)
+    whole = real & ~preserved & (frac_few > config.spatial_threshold)
     partial = real & ~preserved & ~whole
-    grow = int(config.grow_sigma * sigma + 0.5)
-    for k in range(n_in):
-        lab = labels[k]
-        hit = whole[lab] | (partial[lab] & few[k] & ~keep[k])
-        present = np.unique(lab[lab > 0])
-        n_cand[k] = int(real[present].sum())
-        n_art[k] = int((whole[present]).sum() + np.unique(lab[partial[lab] & hit]).size)
-        if hit.sum() >= config.min_pixels or whole[present].any():
-            clipped[k] = grow_mask(hit, grow)
+    hit = whole[lab] | (partial[lab] & few & ~kept)
+    first = np.unique(lab, return_index=True)[1]
+    owner = warp_of[first]
+    labels_present = lab[first]
+    n_cand[:] = np.bincount(owner[real[labels_present]], minlength=n_in)
+    hit_labels = np.unique(lab[hit])
+    n_art[:] = np.bincount(warp_of[first][np.isin(labels_present, hit_labels)], minlength=n_in)
+    grow = int(config.grow_sigma * sigma * b + 0.5)
+    for k in np.flatnonzero(n_art):
+        mask_b = np.zeros(plane, dtype=bool)
+        mask_b[pixel[hit & (warp_of == k)]] = True
+        full = np.repeat(np.repeat(mask_b.reshape(bshape[1:]), b, axis=0), b, axis=1)
+        clipped[k] = grow_mask(full[:shape[1], :shape[2]], grow)
     return ArtifactResult(clipped, template, n_cand, n_art)
+
+
+def _binned(images, variances, masks, bad_mask: int, b: int):
+    """``b x b`` binned planes; the binned mask is ``bad_mask``'s lowest bit where unusable."""
+    if b == 1:
+        return images, variances, masks
+    n_in, ny, nx = images.shape
+    shape = (n_in, -(-ny // b), -(-nx // b))
+    bx = np.empty(shape, np.float32)
+    bv = np.empty(shape, np.float32)
+    ok = np.empty(shape, dtype=bool)
+    bin_block(images, variances, masks, int(bad_mask), b, bx, bv, ok)
+    bm = np.where(ok, 0, bad_mask & -bad_mask).astype(np.int32)
+    return bx, bv, bm

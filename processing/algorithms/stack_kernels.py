@@ -228,7 +228,7 @@ def _clip_rows(x, v, m, w, bad, thr_bits, thr_frac, map_src, map_dst, calc_error
 
 @numba.njit(**_NOGIL)
 def _robust_rows(x, v, m, w, bad, n_sigma, median_only, nodata_bit, out_img, out_var, out_msk,
-                 out_n, out_nclip, out_sumw):
+                 out_n, out_nclip, out_sumw, out_median):
     n_in, ny, nx = x.shape
     for j in numba.prange(ny):
         srt = np.empty(n_in)
@@ -260,9 +260,11 @@ def _robust_rows(x, v, m, w, bad, n_sigma, median_only, nodata_bit, out_img, out
                 out_img[j, i] = np.nan
                 out_var[j, i] = np.nan
                 out_msk[j, i] = orm | nodata_bit
+                out_median[j, i] = np.nan
                 continue
             out_msk[j, i] = orm
             median = _quantile(srt, n, 0.5)
+            out_median[j, i] = median
             if median_only:
                 out_img[j, i] = median
                 sv = 0.0
@@ -394,7 +396,8 @@ def stack_block(
     flags = (bits("CLIPPED"), bits("NO_DATA"), inexact_src, inexact_bit)
     if statistic in ("MEDIAN", "ROBUSTMEAN"):
         _robust_rows(x, v, m, w, bad, float(n_sigma), statistic == "MEDIAN", bits("NO_DATA"),
-                     image, variance, mask, n_image, n_clipped, np.empty((ny, nx)))
+                     image, variance, mask, n_image, n_clipped, np.empty((ny, nx)),
+                     np.empty((ny, nx), np.float32))
     elif statistic == "MEAN":
         _mean_rows(x, v, m, w, *common, *flags, image, variance, mask, n_image)
     else:
@@ -426,6 +429,8 @@ def robust_template(images: np.ndarray, variances: np.ndarray, masks: np.ndarray
         int32 accepted inputs per pixel.
     weight_sum : numpy.ndarray
         float64 sum of the weights averaged (0 where the median was used).
+    median : numpy.ndarray
+        float32 median of the accepted inputs.
     """
     x = _as_block(images, np.float32, "images")
     v = _as_block(variances, np.float32, "variances", x.shape)
@@ -434,6 +439,6 @@ def robust_template(images: np.ndarray, variances: np.ndarray, masks: np.ndarray
     _, ny, nx = x.shape
     out = (np.empty((ny, nx), np.float32), np.empty((ny, nx), np.float32),
            np.empty((ny, nx), np.int32), np.empty((ny, nx), np.int32),
-           np.empty((ny, nx), np.int32), np.empty((ny, nx)))
+           np.empty((ny, nx), np.int32), np.empty((ny, nx)), np.empty((ny, nx), np.float32))
     _robust_rows(x, v, m, w, int(bad_mask), float(n_sigma), False, bits("NO_DATA"), *out)
-    return out[0], out[1], out[3], out[5]
+    return out[0], out[1], out[3], out[5], out[6]

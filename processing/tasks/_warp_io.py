@@ -134,8 +134,18 @@ class FileWarp(WarpSource):
         c0, c1 = box.x0 - self.bbox.x0, box.x1 - self.bbox.x0
         for plane, out in (("IMAGE", image), ("VARIANCE", variance), ("MASK", mask)):
             offset, dtype, planes = self._planes[plane]
-            buf = np.empty((box.height, width), dtype=dtype)
             self._file.seek(offset + y0 * width * dtype.itemsize)
+            if (c0 == 0 and c1 == width and planes is None and out.flags.c_contiguous
+                    and out.dtype.itemsize == dtype.itemsize
+                    and out.dtype.kind == dtype.kind):
+                # Full-width rows: read the big-endian bytes in place and swap them there
+                # (one pass instead of read + converting copy).
+                if self._file.readinto(memoryview(out).cast("B")) != out.nbytes:
+                    raise FormatError(f"{self.path}: truncated {plane} data")
+                if dtype.byteorder in "<>" and (dtype.byteorder == ">") == np.little_endian:
+                    out.byteswap(inplace=True)
+                continue
+            buf = np.empty((box.height, width), dtype=dtype)
             if self._file.readinto(memoryview(buf).cast("B")) != buf.nbytes:
                 raise FormatError(f"{self.path}: truncated {plane} data")
             values = buf[:, c0:c1]

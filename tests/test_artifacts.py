@@ -1,0 +1,132 @@
+"""The safe-clip artefact finder on small blocks of synthetic warps with known truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from processing.algorithms._artifact_kernels import bin_block, loo_residual
+from processing.algorithms.artifacts import ArtifactConfig, find_artifacts
+from processing.algorithms.detection import grow_mask
+from store.masks import bits
+
+BAD = bits("NO_DATA", "BAD", "SAT", "EDGE")
+
+
+def gaussian(shape, x0, y0, flux, sxx, syy, sxy=0.0):
+    yy, xx = np.indices(shape, dtype=float)
+    dx, dy = xx - x0, yy - y0
+    det = sxx * syy - sxy * sxy
+    g = np.exp(-0.5 * (syy * dx * dx - 2 * sxy * dx * dy + sxx * dy * dy) / det)
+    return flux * g / g.sum()
+
+
+def block(n=6, size=160, seed=2, noise=5.0):
+    """``n`` aligned warps of the same stars with different elliptical Gaussian PSFs."""
+    rng = np.random.default_rng(seed)
+    stars = [(40, 40, 2e4), (120, 45, 5e4), (80, 110, 1e4), (30, 130, 3e3), (135, 130, 2e5)]
+    moments = np.column_stack([rng.uniform(2.5, 5.0, n), rng.uniform(2.5, 5.0, n),
+                               rng.uniform(-0.4, 0.4, n)])
+    x = np.empty((n, size, size), np.float32)
+    for k in range(n):
+        img = rng.normal(0.0, noise, (size, size))
+        for sx, sy, f in stars:
+            img += gaussian((size, size), sx, sy, f, *moments[k])
+        x[k] = img
+    v = np.full(x.shape, noise * noise, np.float32)
+    m = np.zeros(x.shape, np.int32)
+    return x, v, m, moments
+
+
+def test_bin_block_matches_numpy():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3, 9, 11)).astype(np.float32)
+    v = rng.uniform(1, 2, x.shape).astype(np.float32)
+    m = np.zeros(x.shape, np.int32)
+    m[rng.random(x.shape) < 0.3] = bits("BAD")
+    x[0, 0, 0] = np.nan
+    for b in (2, 3):
+        shape = (3, -(-9 // b), -(-11 // b))
+        ox, ov, ok = (np.empty(shape, np.float32), np.empty(shape, np.float32),
+                      np.empty(shape, bool))
+        bin_block(x, v, m, BAD, b, ox, ov, ok)
+        for k in range(3):
+            for jb in range(shape[1]):
+                for ib in range(shape[2]):
+                    sl = (k, slice(jb * b, jb * b + b), slice(ib * b, ib * b + b))
+                    good = np.isfinite(x[sl]) & ((m[sl] & BAD) == 0)
+                    usable = good.sum() > 0 and 2 * good.sum() >= good.size
+                    assert ok[k, jb, ib] == usable
+                    if usable:
+                        assert ox[k, jb, ib] == pytest.approx(x[sl][good].mean(), rel=1e-5)
+                        assert ov[k, jb, ib] == pytest.approx(v[sl][good].sum() / good.sum() ** 2,
+                                                              rel=1e-5)
+
+
+def test_leave_one_out_residual():
+    x = np.array([[10.0, 3.0]], np.float32)
+    v = np.array([[1.0, 1.0]], np.float32)
+    valid = np.array([[True, True]])
+    t_img = np.array([[4.0, 4.0]], np.float32)
+    t_var = np.array([[1 / 3, 1 / 3]], np.float32)
+    t_w = np.array([[3.0, 3.0]])
+    out = [np.empty((1, 2), np.float32) for _ in range(3)]
+    loo_residual(x, v, valid, t_img, t_var, t_w, 1.0, 3.0, *out)
+    resid, diff, other = out
+    # Pixel 0: 10 is 6 sigma from the template, so it was not averaged: other = T.
+    assert other[0, 0] == pytest.approx(4.0) and diff[0, 0] == pytest.approx(6.0)
+    assert resid[0, 0] == pytest.approx(6.0 / np.sqrt(1 + 1 / 3))
+    # Pixel 1: 3 was averaged with weight 1 of 3: the others' mean is (12 - 3) / 2 = 4.5.
+    assert other[0, 1] == pytest.approx(4.5) and diff[0, 1] == pytest.approx(-1.5)
+    assert resid[0, 1] == pytest.approx(-1.5 / np.sqrt(1 + 0.5))
+
+
+@pytest.mark.parametrize("b", [1, 2])
+def test_cosmic_ray_and_trail_are_found_sources_kept(b):
+    x, v, m, moments = block()
+    n, size = x.shape[0], x.shape[1]
+    x[2, 70, 60] += 3000.0  # cosmic ray
+    x[2, 71, 60] += 1500.0
+    yy, xx = np.indices((size, size), dtype=float)
+    trail = 60.0 * np.exp(-0.5 * ((yy - 0.3 * xx - 20) / 2.0) ** 2)
+    x[4] += trail.astype(np.float32)
+    x[1] += gaussian((size, size), 80, 110, 3e4, *moments[1]).astype(np.float32)  # variable
+    m[3, :, 100:103] = bits("BAD")
+    res = find_artifacts(x, v, m, np.ones(n), moments, bad_mask=BAD,
+                         config=ArtifactConfig(bin=b))
+    clipped = res.clipped
+    assert clipped[2, 70, 60] and clipped[2, 71, 60]
+    assert not clipped[[0, 1, 3, 4, 5], 70, 60].any()
+    on_trail = trail > 20
+    assert clipped[4][on_trail].mean() > 0.98
+    injected = trail[trail > 0.5].sum()
+    assert trail[clipped[4] & (trail > 0.5)].sum() > 0.99 * injected
+    # No star, including the variable one, is clipped in any epoch (the trail's own
+    # footprint, grown by a PSF sigma or so, aside).
+    along_trail = grow_mask(trail > 0.5, 4)
+    for sx, sy in ((40, 40), (120, 45), (80, 110), (30, 130), (135, 130)):
+        near = (xx - sx) ** 2 + (yy - sy) ** 2 <= 10 ** 2
+        others = np.delete(clipped, [2, 4], axis=0)
+        assert not others[:, near].any(), (sx, sy)
+        assert not (clipped[4] & near & ~along_trail).any(), (sx, sy)
+    assert res.n_artifacts[2] >= 1 and res.n_artifacts[4] >= 1
+    assert res.n_artifacts[[0, 1, 3, 5]].sum() == 0
+
+
+def test_fewer_than_three_epochs_decide_nothing():
+    x, v, m, moments = block(n=2)
+    x[0, 50, 50] += 5000.0
+    res = find_artifacts(x, v, m, np.ones(2), moments, bad_mask=BAD)
+    assert not res.clipped.any()
+
+
+def test_misuse():
+    x, v, m, moments = block(n=3, size=32)
+    with pytest.raises(ValueError, match="rows of PSF moments"):
+        find_artifacts(x, v, m, np.ones(3), moments[:2], bad_mask=BAD)
+    with pytest.raises(ValueError, match="need 3 weights"):
+        find_artifacts(x, v, m, np.ones(2), moments, bad_mask=BAD)
+    with pytest.raises(ValueError, match="bad_mask must name"):
+        find_artifacts(x, v, m, np.ones(3), moments, bad_mask=0)
+    with pytest.raises(ValueError, match="bin must be >= 1"):
+        ArtifactConfig(bin=0)
