@@ -452,7 +452,6 @@ def _binned(images, variances, masks, bad_mask: int, b: int):
     shape = (n_in, -(-ny // b), -(-nx // b))
     bx = np.empty(shape, np.float32)
     bv = np.empty(shape, np.float32)
-    ok = np.empty(shape, dtype=bool)
-    bin_block(images, variances, masks, int(bad_mask), b, bx, bv, ok)
-    bm = np.where(ok, 0, bad_mask & -bad_mask).astype(np.int32)
+    bm = np.empty(shape, np.int32)
+    bin_block(images, variances, masks, int(bad_mask), b, bx, bv, bm)
     return bx, bv, bm

@@ -11,8 +11,9 @@ that both agree pixel for pixel.
 * MEAN streams through the inputs row by row (each input row read once,
   contiguously) into per-row sums, so it runs near memory speed.
 * MEANCLIP gathers the ``N`` values of each pixel into a small buffer, sorts it
-  (insertion sort; ``N`` is tens) for the median and quartiles, then makes
-  ``n_iter`` clipping passes.
+  (by ranks, branch-free, up to 32 values; insertion sort beyond) for the median
+  and quartiles, then makes ``n_iter`` clipping passes.  Each row of every input
+  is first gathered pixel-major, so the per-pixel loops read contiguous memory.
 * MEDIAN and ROBUSTMEAN (not afw statistics; templates for the artefact
   finder) sort the same way; ROBUSTMEAN then averages the inputs within
   ``n_sigma`` input standard deviations of the median, which one or two deviant
@@ -20,9 +21,10 @@ that both agree pixel for pixel.
   not: they pile up near zero and have heavy tails relative to their IQR).
 
 Rows are spread over numba's threads (``numba.set_num_threads`` or
-``NUMBA_NUM_THREADS`` choose how many).  Measured on one core of the shared
-2-core machine with 20 inputs of 1000 x 1000 float32: MEAN 0.09 s (numpy
-reference 0.9 s), MEANCLIP 3 sigma x 2 iterations 0.45 s (numpy 1.5 s).
+``NUMBA_NUM_THREADS`` choose how many).  Measured (CPU time, one thread, shared
+2-core machine) on 20 inputs of 1000 x 1000 float32: MEAN 0.09-0.10 s
+(~5 ns per input pixel; the numpy reference of ``stack.py`` 2.6 s), MEANCLIP
+3 sigma x 2 iterations 0.36 s (~18 ns per input pixel; numpy 2.1 s).
 """
 
 from __future__ import annotations
@@ -133,6 +135,31 @@ def _quantile(sorted_x, n, q):
     return sorted_x[lo] + frac * (sorted_x[hi] - sorted_x[lo])
 
 
+@numba.njit(inline="always")
+def _sort_into(values, n, out):
+    """Sort ``values[:n]`` into ``out[:n]``.
+
+    For n <= 32 by ranks (each value counts the smaller ones, ties broken by
+    position): branch-free and vectorised, 3-4x faster than an insertion sort
+    whose data-dependent branches mispredict; insertion sort beyond.
+    """
+    if n <= 32:
+        for a in range(n):
+            xa = values[a]
+            r = 0
+            for c in range(n):
+                r += (values[c] < xa) | ((values[c] == xa) & (c < a))
+            out[r] = xa
+    else:
+        for a in range(n):
+            val = values[a]
+            b = a - 1
+            while b >= 0 and out[b] > val:
+                out[b + 1] = out[b]
+                b -= 1
+            out[b + 1] = val
+
+
 @numba.njit(**_NOGIL)
 def _clip_rows(x, v, m, w, bad, thr_bits, thr_frac, map_src, map_dst, calc_error, n_sigma,
                n_iter, iqr_to_sigma, clipped_bit, nodata_bit, inexact_src, inexact_bit,
@@ -145,6 +172,16 @@ def _clip_rows(x, v, m, w, bad, thr_bits, thr_frac, map_src, map_dst, calc_error
         bw = np.empty(n_in)
         srt = np.empty(n_in)
         rej = np.zeros(max(n_thr, 1))
+        # Gather this row of every input pixel-major once: the per-pixel loops then
+        # read contiguous memory instead of 3 N strided streams (2-3x faster).
+        tx = np.empty((nx, n_in), np.float32)
+        tv = np.empty((nx, n_in), np.float32)
+        tm = np.empty((nx, n_in), np.int64)
+        for k in range(n_in):
+            for i in range(nx):
+                tx[i, k] = x[k, j, i]
+                tv[i, k] = v[k, j, i]
+                tm[i, k] = m[k, j, i]
         for i in range(nx):
             n = 0
             orm = np.int64(0)
@@ -153,9 +190,9 @@ def _clip_rows(x, v, m, w, bad, thr_bits, thr_frac, map_src, map_dst, calc_error
             for t in range(n_thr):
                 rej[t] = 0.0
             for k in range(n_in):
-                xk = np.float64(x[k, j, i])
-                vk = np.float64(v[k, j, i])
-                mk = np.int64(m[k, j, i])
+                xk = np.float64(tx[i, k])
+                vk = np.float64(tv[i, k])
+                mk = tm[i, k]
                 masked = (mk & bad) != 0
                 if masked:
                     mbits |= mk
@@ -177,13 +214,7 @@ def _clip_rows(x, v, m, w, bad, thr_bits, thr_frac, map_src, map_dst, calc_error
             s = 0.0
             s2 = 0.0
             if n > 0:
-                for a in range(n):  # insertion sort: n is small
-                    val = bx[a]
-                    b = a - 1
-                    while b >= 0 and srt[b] > val:
-                        srt[b + 1] = srt[b]
-                        b -= 1
-                    srt[b + 1] = val
+                _sort_into(bx, n, srt)
                 center = _quantile(srt, n, 0.5)
                 hwidth = n_sigma * iqr_to_sigma * (_quantile(srt, n, 0.75) - _quantile(srt, n, 0.25))
                 for it in range(max(n_iter, 1)):
@@ -235,19 +266,24 @@ def _robust_rows(x, v, m, w, bad, n_sigma, median_only, nodata_bit, out_img, out
         bx = np.empty(n_in)
         bv = np.empty(n_in)
         bw = np.empty(n_in)
+        # Gather this row of every input pixel-major once: the per-pixel loops then
+        # read contiguous memory instead of 3 N strided streams (2-3x faster).
+        tx = np.empty((nx, n_in), np.float32)
+        tv = np.empty((nx, n_in), np.float32)
+        tm = np.empty((nx, n_in), np.int64)
+        for k in range(n_in):
+            for i in range(nx):
+                tx[i, k] = x[k, j, i]
+                tv[i, k] = v[k, j, i]
+                tm[i, k] = m[k, j, i]
         for i in range(nx):
             n = 0
             orm = np.int64(0)
             for k in range(n_in):
-                xk = np.float64(x[k, j, i])
-                vk = np.float64(v[k, j, i])
-                mk = np.int64(m[k, j, i])
+                xk = np.float64(tx[i, k])
+                vk = np.float64(tv[i, k])
+                mk = tm[i, k]
                 if np.isfinite(xk) and np.isfinite(vk) and (mk & bad) == 0:
-                    b = n - 1
-                    while b >= 0 and srt[b] > xk:
-                        srt[b + 1] = srt[b]
-                        b -= 1
-                    srt[b + 1] = xk
                     bx[n] = xk
                     bv[n] = vk
                     bw[n] = w[k]
@@ -263,6 +299,7 @@ def _robust_rows(x, v, m, w, bad, n_sigma, median_only, nodata_bit, out_img, out
                 out_median[j, i] = np.nan
                 continue
             out_msk[j, i] = orm
+            _sort_into(bx, n, srt)
             median = _quantile(srt, n, 0.5)
             out_median[j, i] = median
             if median_only:
