@@ -135,17 +135,17 @@ def _resolve_collections(repo, inputs: list[str], output: str | None, run: str |
         if kind == "CHAINED":
             existing_chain = list(repo.registry._graph()["chains"].get(output, []))
     if run is None:
-        if resume:
-            if not existing_chain or repo.registry.collection_type(existing_chain[0]) != "RUN":
-                raise CollectionError(f"nothing to resume: {output!r} has no previous run")
+        if resume and existing_chain and repo.registry.collection_type(existing_chain[0]) == "RUN":
             run = existing_chain[0]
-        else:
+        else:  # nothing to resume (e.g. killed before its first commit): start afresh
             stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
             run = f"{output or 'run'}/{stamp}"
     if repo.registry.collection_type(run) is None:
         repo.register_run(run)
     elif not resume:
         raise CollectionError(f"run {run!r} already exists (use --resume to continue it)")
+    if resume and output is None:
+        raise CollectionError("--resume needs --output (the chain whose latest run continues)")
     if output is not None:
         chain = [run] + [c for c in existing_chain if c != run]
         for name in inputs:
