@@ -14,7 +14,7 @@ from processing.algorithms.psf_determination import (
     determine_psf,
     select_psf_candidates,
 )
-from processing.algorithms.psf_images import model_stamps
+from processing.algorithms.psf_images import kernel_images, model_stamps
 from store.geom import Box
 from store.masks import bits
 from store.psf import GaussianPsf
@@ -131,8 +131,56 @@ def test_few_stars_lower_the_degree_and_none_is_a_result(detector):
     assert empty.psf is None
 
 
+def _crowded_field(seed):
+    """A 1024-pixel field like a dense calibrate detector: few bright PSF stars among many
+    faint ones (power-law counts), a crowd of faint neighbours, background 1 ADU too low."""
+    rng = np.random.default_rng(seed)
+    size, beta, sky = 1024, 3.5, 300.0
+
+    def fwhm(x, y):
+        return 5.5 * (1 + 0.05 * ((x - 512) ** 2 + (y - 512) ** 2) / 512**2)
+
+    def ell(x, y):
+        return 0.04 + 0.03 * x / size, 0.06 - 0.04 * y / size
+
+    n = 60
+    x, y = rng.uniform(30, size - 30, n), rng.uniform(30, size - 30, n)
+    flux = np.minimum(2e4 * rng.uniform(0, 1, n) ** (-1 / 0.55), 3e6)
+    truth = render_stars((size, size), x, y, flux, fwhm(x, y), beta, *ell(x, y), half=20,
+                         oversample=4)
+    fx, fy = rng.uniform(0, size, 3000), rng.uniform(0, size, 3000)
+    truth += render_stars((size, size), fx, fy, 10 ** rng.uniform(2.0, 3.3, fx.size),
+                          fwhm(fx, fy), beta, *ell(fx, fy), half=12, oversample=2)
+    var = sky + truth
+    image = truth + rng.normal(size=truth.shape) * np.sqrt(var) - 1.0
+    g = np.linspace(40, size - 40, 5)
+    gx, gy = (v.ravel() for v in np.meshgrid(g, g))
+    true = np.stack([moffat_kernel(fwhm(a, b), beta, 41, c, d)
+                     for a, b, (c, d) in zip(gx, gy, zip(*ell(gx, gy), strict=True),
+                                             strict=True)])
+    return image, var, x, y, flux, gx, gy, true / true.sum(axis=(1, 2))[:, None, None]
+
+
+def test_psf_flux_normalisation_is_uniform_in_a_crowded_field():
+    # The PSF flux of a star is sum(P I) / sum(P^2): its scale error is
+    # sum(P T) / sum(P^2) - 1 for a true kernel T.  Position-dependent errors of
+    # that scale are what aperture corrections cannot remove.  A free pixel basis
+    # gets its wings (and so its normalisation) from a handful of bright stars,
+    # neighbours and the background error: 0.76% r.m.s., 1.6% at worst here.
+    image, var, x, y, flux, gx, gy, true = _crowded_field(1)
+    res = determine_psf(image, var, np.zeros(image.shape, np.int32), x, y, flux,
+                        (0, 0, 1023, 1023), config=PsfDeterminationConfig(reserve_fraction=0))
+    model = kernel_images(res.psf, gx, gy)
+    scale = (model * true).sum(axis=(1, 2)) / (model * model).sum(axis=(1, 2))
+    assert np.std(scale) < 0.003
+    assert np.abs(scale - np.median(scale)).max() < 0.008
+    assert abs(np.median(scale) - 1) < 0.005  # the rest is the aperture correction's job
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="kernel_size must be odd"):
         PsfDeterminationConfig(kernel_size=40)
     with pytest.raises(ValueError, match="reserve_fraction"):
         PsfDeterminationConfig(reserve_fraction=1.5)
+    with pytest.raises(ValueError, match="wing_radius"):
+        PsfDeterminationConfig(wing_radius=0.5)

@@ -24,6 +24,23 @@ PSF photometry with the new model, stars whose reduced chi^2 is a
 times.  A random ``reserve_fraction`` of candidates (seeded) is held out of the
 fit for validation (``calib_psf_reserved``).  The polynomial degree is lowered
 when there are fewer than ``min_stars_per_term`` stars per coefficient.
+
+Self-similar wings (``wing_radius``): a free pixel basis takes the wings of
+the model, and with them its normalisation (kernels sum to 1 over
+``kernel_size``), from the few brightest stars, extrapolated by the polynomial;
+the noise, the faint neighbours and the background error under those wings then
+scale PSF fluxes by a position-dependent 0.3-1 % that aperture corrections
+(low order, measured on the same stars) cannot follow.  Beyond ``wing_radius``
+local PSF sigmas the model is therefore one radial profile ``g(u) / sqrt(det M)``
+shared by the whole image, where ``u = sqrt(d^T M^-1 d)`` is the elliptical
+radius in the core's adaptive moments ``M`` (less the pixel's 1/12) at that
+position, and ``g`` a cubic B-spline in ``log u`` fitted to every star's wing
+pixels at once.  The wings then follow the core's size and ellipticity
+(exact for any profile whose shape varies by a linear transformation, such as
+an atmospheric or Moffat PSF), their errors are the same everywhere and end up
+in the aperture correction.  The core + wing model is sampled on a grid of
+positions and the polynomial basis refitted to it, so the result is still a
+:class:`store.psf.PixelBasisPsf`.
 """
 
 from __future__ import annotations
@@ -32,6 +49,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.interpolate import BSpline
 from scipy.ndimage import binary_dilation
 from scipy.spatial import cKDTree
 
@@ -40,6 +58,7 @@ from store.masks import bits
 from store.psf import PixelBasisPsf, polynomial_terms
 
 from .centroid import cut_stamps
+from .moments import adaptive_moments
 from .psf_images import nearest_pixel, shift_stamps
 
 __all__ = ["PsfDeterminationConfig", "PsfResult", "determine_psf", "select_psf_candidates"]
@@ -49,6 +68,11 @@ _BAD_FLAG_COLUMNS = (
     "pixelFlags_interpolatedCenter", "pixelFlags_crCenter", "pixelFlags_suspectCenter",
     "pixelFlags_nodata", "pixelFlags_offimage", "centroid_flag", "shape_flag", "psfFlux_flag",
 )
+
+#: Width (PSF sigmas) over which the free pixel core blends into the self-similar wings.
+_WING_TAPER = 1.0
+#: Positions per axis at which the core + wing model is sampled to refit the basis.
+_WING_GRID = 7
 
 
 @dataclass(frozen=True)
@@ -85,6 +109,13 @@ class PsfDeterminationConfig:
         Stars with reduced chi^2 above median + this many robust sigmas are rejected.
     min_stars_per_term : float
         Lower the degree until there are this many stars per polynomial coefficient.
+    wing_radius : float
+        Beyond this elliptical radius, in units of the local PSF sigma (the
+        core's adaptive moments), the model is *self-similar*: one radial
+        profile shared by the whole image, stretched by the local moments
+        (see the module docstring).  0 fits every kernel pixel freely.
+    wing_knots : int
+        Knots of the cubic B-spline (uniform in log radius) of the wing profile.
     """
 
     kernel_size: int = 41
@@ -103,12 +134,18 @@ class PsfDeterminationConfig:
     n_iter: int = 3
     reject_n_sigma: float = 4.0
     min_stars_per_term: float = 3.0
+    wing_radius: float = 3.5
+    wing_knots: int = 10
 
     def __post_init__(self):
         if self.kernel_size % 2 == 0 or self.kernel_size < 3:
             raise ValueError(f"kernel_size must be odd and >= 3, got {self.kernel_size}")
         if not 0.0 <= self.reserve_fraction < 1.0:
             raise ValueError(f"reserve_fraction must be in [0, 1), got {self.reserve_fraction}")
+        if self.wing_radius < 0 or (self.wing_radius > 0 and self.wing_radius <= _WING_TAPER):
+            raise ValueError(f"wing_radius must be 0 or > {_WING_TAPER}, got {self.wing_radius}")
+        if self.wing_knots < 2:
+            raise ValueError(f"wing_knots must be >= 2, got {self.wing_knots}")
 
 
 @dataclass(frozen=True)
@@ -242,6 +279,75 @@ def _fit_basis(data, weight, terms):
     return coeffs.T.reshape(t, k, k)
 
 
+def _scaled_radius(kernels):
+    """Elliptical radius ``u = sqrt(d^T M^-1 d)`` of every pixel of centred kernels.
+
+    ``M`` are the kernels' adaptive moments about the central pixel minus the
+    pixel response's ``1/12`` (the wings scale with the optical profile, not
+    with the pixel).  Returns ``u`` (n, k, k) and ``sqrt(det M)`` (n,), or
+    None if a moment fails.
+    """
+    n, k, _ = kernels.shape
+    half = k // 2
+    mom = adaptive_moments(kernels, np.full(n, float(half)), np.full(n, float(half)),
+                           initial=4.0, recentre=False)
+    xx, yy, xy = mom.xx - 1.0 / 12.0, mom.yy - 1.0 / 12.0, mom.xy
+    det = xx * yy - xy * xy
+    if np.any(mom.flag) or not np.all(np.isfinite(det) & (det > 0) & (xx > 0)):
+        return None
+    off = np.arange(-half, half + 1, dtype=float)
+    dx, dy = off[None, None, :], off[None, :, None]
+    xx, yy, xy = (v[:, None, None] for v in (xx, yy, xy))
+    u2 = (yy * dx * dx - 2.0 * xy * dx * dy + xx * dy * dy) / det[:, None, None]
+    return np.sqrt(u2), np.sqrt(det)
+
+
+def _self_similar_wings(basis, terms, data, weight, degree, config):
+    """Replace the wings of a pixel basis by one radial profile stretched by the local core.
+
+    The core kernel at every star gives its adaptive moments ``M``; wing
+    pixels (elliptical radius ``u >= wing_radius - taper``) of all stars'
+    flux-normalised stamps ``data`` are fitted, with the basis-fit weights,
+    by ``g(u) / sqrt(det M)`` with ``g`` a cubic B-spline in ``log u``.  The
+    core + wing model is then sampled on a grid of positions (blended
+    linearly over the taper) and the polynomial basis refitted to it (exact
+    in the core).  Returns the new basis, or the input if a moment fails.
+    """
+    n_terms, k, _ = basis.shape
+    scaled = _scaled_radius(np.einsum("nt,tij->nij", terms, basis))
+    axis = np.linspace(-1.0, 1.0, max(_WING_GRID, 2 * degree + 3))
+    gx, gy = np.meshgrid(axis, axis)
+    grid_terms = polynomial_terms(gx.ravel(), gy.ravel(), degree)
+    grid_kernels = np.einsum("nt,tij->nij", grid_terms, basis)
+    grid_scaled = _scaled_radius(grid_kernels)
+    if scaled is None or grid_scaled is None:
+        return basis
+    u, sdet = scaled
+    u0 = config.wing_radius - _WING_TAPER
+    sel = (u >= u0) & (weight > 0)
+    if not sel.any():
+        return basis
+    lo, hi = np.log(u0), np.log(u[sel].max())
+    inner = np.linspace(lo, hi, config.wing_knots)
+    knots = np.r_[[lo] * 3, inner, [hi] * 3]
+    # Sparse B-spline design (4 non-zeros a row): the normal equations cost O(pixels).
+    design = BSpline.design_matrix(np.log(u[sel]), knots, 3)
+    w = weight[sel] / sdet[np.nonzero(sel)[0]] ** 2
+    weighted = design.multiply(w[:, None]).tocsr()
+    normal = (design.T @ weighted).toarray()
+    # A tiny ridge keeps knots without data (beyond the last star pixel) at zero.
+    ridge = 1e-12 * np.trace(normal) / normal.shape[0]
+    rhs = weighted.T @ (data[sel] * sdet[np.nonzero(sel)[0]])
+    coeff = np.linalg.solve(normal + ridge * np.eye(normal.shape[0]), rhs)
+    ug, sg = grid_scaled
+    logu = np.clip(np.log(np.maximum(ug, u0)), lo, hi).ravel()
+    wing = (BSpline.design_matrix(logu, knots, 3) @ coeff).reshape(ug.shape) / sg[:, None, None]
+    blend = np.clip((ug - u0) / _WING_TAPER, 0.0, 1.0)
+    hybrid = grid_kernels + blend * (wing - grid_kernels)
+    new = np.linalg.pinv(grid_terms) @ hybrid.reshape(grid_terms.shape[0], -1)
+    return new.reshape(n_terms, k, k)
+
+
 def _photometry(stamps, variance, good, models):
     """Unweighted PSF fluxes and reduced chi^2 of normalised models against stamps."""
     g = good.astype(float)
@@ -323,6 +429,9 @@ def determine_psf(image, variance, mask, x, y, flux, bbox, *,
         # Weights of the flux-normalised stamps: inverse variance of stamp / amp.
         weight = np.where(good, amp[:, None, None] ** 2 / var, 0.0) * use[:, None, None]
         basis = _fit_basis(stamps / amp[:, None, None], weight, terms)
+        if config.wing_radius > 0:
+            basis = _self_similar_wings(basis, terms, stamps / amp[:, None, None], weight, degree,
+                                        config)
         psf = PixelBasisPsf(basis, degree, bbox)
         models = np.einsum("nt,tij->nij", terms, basis)
         models /= models.sum(axis=(1, 2))[:, None, None]
