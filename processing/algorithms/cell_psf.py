@@ -180,7 +180,7 @@ def point_source_depth(psf: np.ndarray, variance: float, n_sigma: float = 5.0) -
     --------
     >>> p = np.zeros((3, 3)); p[1, 1] = 1.0
     >>> round(point_source_depth(p, 100.0), 3)  # 5 x 10 nJy = 50 nJy
-    27.152
+    27.153
     """
     p = np.asarray(psf, dtype=float)
     total = p.sum()

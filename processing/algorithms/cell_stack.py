@@ -190,7 +190,7 @@ def classify_pixels(image: np.ndarray, variance: np.ndarray, mask: np.ndarray,
     mask : numpy.ndarray
         ``(ny, nx)`` int32 mask.
     label : numpy.ndarray
-        ``(ny, nx)`` int32 detector label (``-1``: none; such pixels are GOOD
+        ``(ny, nx)`` integer detector label (``-1``: none; such pixels are GOOD
         but belong to no input).
     bad_bits, exclude_bits : int
         Mask bits making a pixel BAD (interpolated) or EXCLUDED.
@@ -206,9 +206,10 @@ def classify_pixels(image: np.ndarray, variance: np.ndarray, mask: np.ndarray,
 
 
 @numba.njit(parallel=True, **_JIT)
-def _fill_runs(image, variance, label, codes):
+def _fill_runs(image, variance, label, codes, filled):
     ny, nx = image.shape
     for j in numba.prange(ny):
+        n_filled = 0
         i = 0
         while i < nx:
             lab = label[j, i]
@@ -221,6 +222,8 @@ def _fill_runs(image, variance, label, codes):
             end = i
             left = start > 0 and label[j, start - 1] == lab and codes[j, start - 1] == GOOD
             right = end < nx and label[j, end] == lab and codes[j, end] == GOOD
+            if left or right:
+                n_filled += end - start
             if left and right:
                 a, b = start - 1, end
                 for k in range(start, end):
@@ -235,6 +238,7 @@ def _fill_runs(image, variance, label, codes):
             else:
                 for k in range(start, end):
                     codes[j, k] = UNFILLABLE
+        filled[j] = n_filled
 
 
 def interpolate_runs(image: np.ndarray, variance: np.ndarray, label: np.ndarray,
@@ -246,7 +250,7 @@ def interpolate_runs(image: np.ndarray, variance: np.ndarray, label: np.ndarray,
     image, variance : numpy.ndarray
         ``(ny, nx)`` float32 planes, modified in place.
     label : numpy.ndarray
-        ``(ny, nx)`` int32 detector labels.
+        ``(ny, nx)`` integer detector labels.
     codes : numpy.ndarray
         ``(ny, nx)`` uint8 codes from :func:`classify_pixels`; BAD runs with no
         usable neighbour become UNFILLABLE.
@@ -260,13 +264,14 @@ def interpolate_runs(image: np.ndarray, variance: np.ndarray, label: np.ndarray,
     --------
     >>> img = np.array([[1.0, 9.0, 9.0, 4.0]], np.float32)
     >>> var = np.ones_like(img)
-    >>> lab = np.zeros(img.shape, np.int32)
+    >>> lab = np.zeros(img.shape, np.int16)
     >>> codes = np.array([[0, 1, 1, 0]], np.uint8)
     >>> interpolate_runs(img, var, lab, codes), img.tolist()
     (2, [[1.0, 2.0, 3.0, 4.0]])
     """
-    _fill_runs(image, variance, label, codes)
-    return int(np.count_nonzero((codes == BAD) & (label >= 0)))
+    filled = np.zeros(image.shape[0], np.int64)
+    _fill_runs(image, variance, label, codes, filled)
+    return int(filled.sum())
 
 
 @numba.njit(**_JIT)
@@ -326,37 +331,46 @@ def cell_coverage(label: np.ndarray, codes: np.ndarray, grid: CellGrid,
 
 @numba.njit(parallel=True, **_JIT)
 def _add(image, variance, mask, label, codes, oy, ox, slots, labels, weights, interp,
-         sum_w, sum_wx, sum_w2v, good_w, or_mask, rej_mask, intrp_bit, rejected_bit):
-    n_out = sum_w.shape[1]
-    for p in range(slots.size):
-        s = slots[p]
-        lab = labels[p]
-        w = np.float32(weights[p])
-        w2 = w * w
-        use_bad = interp[p]
-        y0 = oy[p]
-        x0 = ox[p]
-        for yy in numba.prange(n_out):
-            y = y0 + yy
-            for xx in range(n_out):
-                x = x0 + xx
-                if label[y, x] != lab:
-                    continue
-                code = codes[y, x]
-                m = mask[y, x]
-                if code == GOOD or (code == BAD and use_bad):
-                    sum_w[s, yy, xx] += w
-                    sum_wx[s, yy, xx] += w * image[y, x]
-                    sum_w2v[s, yy, xx] += w2 * variance[y, x]
-                    if code == GOOD:
-                        good_w[s, yy, xx] += w
-                        or_mask[s, yy, xx] |= m
+         group_start, sum_wx, sum_w2v, miss_w, interp_w, or_mask, rej_mask, intrp_bit,
+         rejected_bit):
+    # Inputs are sorted by cell; each cell's inputs run in one thread (cells never share
+    # accumulator memory), one parallel region per warp.  A good pixel with an empty mask
+    # touches only sum_wx and sum_w2v: the other sums record the exceptions, which keeps
+    # the memory traffic (the cost of this loop) at 16 bytes per pixel and input.
+    n_out = sum_wx.shape[1]
+    for grp in numba.prange(group_start.size - 1):
+        for p in range(group_start[grp], group_start[grp + 1]):
+            s = slots[p]
+            lab = labels[p]
+            w = np.float32(weights[p])
+            w2 = w * w
+            use_bad = interp[p]
+            y0 = oy[p]
+            x0 = ox[p]
+            for yy in range(n_out):
+                y = y0 + yy
+                for xx in range(n_out):
+                    x = x0 + xx
+                    if label[y, x] != lab:
+                        miss_w[s, yy, xx] += w
+                        continue
+                    code = codes[y, x]
+                    if code == GOOD or (code == BAD and use_bad):
+                        sum_wx[s, yy, xx] += w * image[y, x]
+                        sum_w2v[s, yy, xx] += w2 * variance[y, x]
+                        m = mask[y, x]
+                        if code == GOOD:
+                            if m != 0:
+                                or_mask[s, yy, xx] |= m
+                        else:
+                            interp_w[s, yy, xx] += w
+                            rej_mask[s, yy, xx] |= m | intrp_bit
                     else:
-                        rej_mask[s, yy, xx] |= m | intrp_bit
-                elif code == EXCLUDED:
-                    rej_mask[s, yy, xx] |= m
-                else:
-                    rej_mask[s, yy, xx] |= m | rejected_bit
+                        miss_w[s, yy, xx] += w
+                        if code == EXCLUDED:
+                            rej_mask[s, yy, xx] |= mask[y, x]
+                        else:
+                            rej_mask[s, yy, xx] |= mask[y, x] | rejected_bit
 
 
 class CellStack:
@@ -375,7 +389,11 @@ class CellStack:
     Notes
     -----
     Weights should be of order 1 (e.g. divided by a typical weight): the
-    sums are float32.  Memory: 24 bytes per outer-cell pixel.
+    sums are float32.  Memory: 24 bytes per outer-cell pixel: ``sum_wx``,
+    ``sum_w2v``, ``miss_w`` (weight of the cell's inputs that gave no pixel
+    here), ``interp_w`` (weight of interpolated pixels), ``or_mask`` (OR of
+    the masks of pixels used as they are) and ``rej_mask`` (OR of the others,
+    with INTRP / REJECTED markers).
     """
 
     def __init__(self, n_cells: int, outer_size: int, *,
@@ -385,10 +403,10 @@ class CellStack:
         self.thresholds = dict({"SAT": 0.1} if mask_propagation_thresholds is None
                                else mask_propagation_thresholds)
         bits(list(self.thresholds))
-        self.sum_w = np.zeros(shape, np.float32)
         self.sum_wx = np.zeros(shape, np.float32)
         self.sum_w2v = np.zeros(shape, np.float32)
-        self.good_w = np.zeros(shape, np.float32)
+        self.miss_w = np.zeros(shape, np.float32)
+        self.interp_w = np.zeros(shape, np.float32)
         self.or_mask = np.zeros(shape, np.int32)
         self.rej_mask = np.zeros(shape, np.int32)
 
@@ -401,7 +419,7 @@ class CellStack:
 
     def reset(self, slot: int) -> None:
         """Forget every input of one cell (fallback inputs replaced by good ones)."""
-        for a in (self.sum_w, self.sum_wx, self.sum_w2v, self.good_w, self.or_mask,
+        for a in (self.sum_wx, self.sum_w2v, self.miss_w, self.interp_w, self.or_mask,
                   self.rej_mask):
             a[slot] = 0
 
@@ -427,16 +445,21 @@ class CellStack:
             ``(n,)`` use the interpolated BAD pixels (False: leave them out).
         """
         n = self.shape[1]
-        oy = np.asarray(origins_y, np.int64)
-        ox = np.asarray(origins_x, np.int64)
+        slots = np.asarray(slots, np.int64)
+        order = np.argsort(slots, kind="stable")  # keep each cell's inputs in input order
+        slots = slots[order]
+        oy = np.asarray(origins_y, np.int64)[order]
+        ox = np.asarray(origins_x, np.int64)[order]
         if oy.size and (oy.min() < 0 or ox.min() < 0 or oy.max() + n > image.shape[0]
                         or ox.max() + n > image.shape[1]):
             raise ValueError(f"outer cells leave the region of shape {image.shape}")
-        _add(image, variance, mask, label, codes, oy, ox, np.asarray(slots, np.int64),
-             np.asarray(labels, np.int32), np.asarray(weights, np.float64),
-             np.asarray(interpolate, np.bool_), self.sum_w, self.sum_wx, self.sum_w2v,
-             self.good_w, self.or_mask, self.rej_mask, np.int32(bits("INTRP")),
-             np.int32(bits("REJECTED")))
+        group_start = np.flatnonzero(np.r_[True, slots[1:] != slots[:-1], True]) \
+            if slots.size else np.zeros(1, np.int64)
+        _add(image, variance, mask, label, codes, oy, ox, slots,
+             np.asarray(labels, np.int32)[order], np.asarray(weights, np.float64)[order],
+             np.asarray(interpolate, np.bool_)[order], group_start.astype(np.int64),
+             self.sum_wx, self.sum_w2v, self.miss_w, self.interp_w, self.or_mask,
+             self.rej_mask, np.int32(bits("INTRP")), np.int32(bits("REJECTED")))
 
     def finish(self, slot: int, total_weight: float
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -458,14 +481,16 @@ class CellStack:
         maskfrac : numpy.ndarray
             float32 fraction of the input weight not contributing an original pixel.
         """
-        sw = self.sum_w[slot]
+        w_total = np.float32(total_weight)
         image, variance = self.sum_wx[slot], self.sum_w2v[slot]
-        mask, rej, good = self.or_mask[slot], self.rej_mask[slot], self.good_w[slot]
-        empty = ~(sw > 0)
+        mask, rej = self.or_mask[slot], self.rej_mask[slot]
+        miss, interp = self.miss_w[slot], self.interp_w[slot]
+        sw = w_total - miss
+        empty = ~(sw > w_total * np.float32(1e-6))
         with np.errstate(invalid="ignore", divide="ignore"):
             np.divide(image, sw, out=image)
             np.divide(variance, sw * sw, out=variance)
-            interp_frac = (sw - good) / sw
+            interp_frac = interp / sw
         image[empty] = np.nan
         variance[empty] = np.nan
         flagged = bits("INTRP", "REJECTED", "CLIPPED")
@@ -474,9 +499,10 @@ class CellStack:
             b = np.int32(bits(plane))
             mask[((rej & b) != 0) & (interp_frac > limit)] |= b
         mask[empty] |= np.int32(bits("NO_DATA"))
-        partial = sw < np.float32(total_weight) * np.float32(1 - 1e-5)
+        partial = miss > w_total * np.float32(1e-5)
         inexact = partial | ((mask & np.int32(flagged | bits("NO_DATA"))) != 0)
         mask[inexact] |= np.int32(bits("INEXACT_PSF"))
-        np.subtract(np.float32(1.0), good / np.float32(total_weight), out=good)
-        np.clip(good, 0.0, 1.0, out=good)
-        return image, variance, mask, good
+        np.add(interp, miss, out=interp)
+        np.divide(interp, w_total, out=interp)
+        np.clip(interp, 0.0, 1.0, out=interp)
+        return image, variance, mask, interp

@@ -35,7 +35,7 @@ from ._cell_tables import ap_corr_rows
 __all__: list[str] = []  # private helpers of assemble_cell_coadd
 
 #: Bytes per region pixel while a warp is processed: image, variance, mask, label, code.
-_REGION_BYTES = 17
+_REGION_BYTES = 15
 
 
 class _Cell:
@@ -121,6 +121,7 @@ class Assembler:
         image = np.empty(region.shape, np.float32)
         variance = np.empty(region.shape, np.float32)
         mask = np.empty(region.shape, np.int32)
+        label = np.empty(region.shape, np.int16)  # reused: no page faults per warp
         bad_bits, exclude_bits = bits(cfg.bad_mask_planes), bits(cfg.exclude_mask_planes)
         keep = np.int32(~bits(cfg.remove_mask_planes))
         for plan in self.plans:
@@ -128,7 +129,7 @@ class Assembler:
             if plan.key in self.masks:
                 mask |= self._artifact_bits(plan.key, region)
             mask &= keep
-            label = plan.labels(region, image, mask)
+            plan.labels(region, image, mask, out=label)
             codes = classify_pixels(image, variance, mask, label, bad_bits=bad_bits,
                                     exclude_bits=exclude_bits)
             own, good, centre = cell_coverage(label, codes, g, len(plan.detectors))
@@ -159,7 +160,7 @@ class Assembler:
             out["is_fallback"].append(bool(cell.is_fallback))
             out["weight"].append(cell.weight)
         arrays = {"image": stack.sum_wx, "mask": stack.or_mask, "variance": stack.sum_w2v,
-                  "maskfrac": stack.good_w}
+                  "maskfrac": stack.interp_w}
         for name, array in arrays.items():
             # Every cell populated (the usual case): hand the arrays over without a copy.
             planes[name].append(array if len(populated) == n else array[populated])

@@ -91,9 +91,13 @@ class WarpInputs:
     def from_summary(self) -> bool:
         return bool(self.polygons)
 
-    def labels(self, region: Box, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Detector label of every region pixel (``-1``: no detector), int32."""
-        label = np.full(region.shape, -1, np.int32)
+    def labels(self, region: Box, image: np.ndarray, mask: np.ndarray,
+               out: np.ndarray | None = None) -> np.ndarray:
+        """Detector label of every region pixel (``-1``: no detector), int16 (into ``out``)."""
+        if len(self.detectors) > np.iinfo(np.int16).max:
+            raise ValueError(f"too many detectors in warp {self.key}: {len(self.detectors)}")
+        label = np.empty(region.shape, np.int16) if out is None else out
+        label.fill(-1)
         if self.from_summary:
             for det in self.detectors:
                 x, y = self.polygons[det.label]
