@@ -49,7 +49,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.interpolate import BSpline
 from scipy.ndimage import binary_dilation
 from scipy.spatial import cKDTree
 
@@ -73,6 +72,8 @@ _BAD_FLAG_COLUMNS = (
 _WING_TAPER = 1.0
 #: Positions per axis at which the core + wing model is sampled to refit the basis.
 _WING_GRID = 7
+#: Half-size of the kernel core used for the adaptive moments of the wing scaling, pixels.
+_MOMENT_HALF = 15
 
 
 @dataclass(frozen=True)
@@ -289,7 +290,10 @@ def _scaled_radius(kernels):
     """
     n, k, _ = kernels.shape
     half = k // 2
-    mom = adaptive_moments(kernels, np.full(n, float(half)), np.full(n, float(half)),
+    # The moments need only the core (the weight is a few sigma wide): crop for speed.
+    cut = max(half - _MOMENT_HALF, 0)
+    core = kernels[:, cut : k - cut, cut : k - cut]
+    mom = adaptive_moments(core, np.full(n, float(half - cut)), np.full(n, float(half - cut)),
                            initial=4.0, recentre=False)
     xx, yy, xy = mom.xx - 1.0 / 12.0, mom.yy - 1.0 / 12.0, mom.xy
     det = xx * yy - xy * xy
@@ -300,6 +304,20 @@ def _scaled_radius(kernels):
     xx, yy, xy = (v[:, None, None] for v in (xx, yy, xy))
     u2 = (yy * dx * dx - 2.0 * xy * dx * dy + xx * dy * dy) / det[:, None, None]
     return np.sqrt(u2), np.sqrt(det)
+
+
+def _cubic_bspline(v, lo, hi, n_int):
+    """Uniform cubic B-splines on ``[lo, hi]`` cut into ``n_int`` intervals.
+
+    Returns, for each value (clipped to the range), the index of its first
+    non-zero basis function (of ``n_int + 3``) and the four non-zero values.
+    """
+    t = np.clip((v - lo) / (hi - lo) * n_int, 0.0, n_int)
+    first = np.minimum(np.floor(t).astype(np.int64), n_int - 1)
+    f = t - first
+    values = np.stack([(1 - f) ** 3, 3 * f**3 - 6 * f**2 + 4, -3 * f**3 + 3 * f**2 + 3 * f + 1,
+                       f**3], axis=1) / 6.0
+    return first, values
 
 
 def _self_similar_wings(basis, terms, data, weight, degree, config):
@@ -328,20 +346,28 @@ def _self_similar_wings(basis, terms, data, weight, degree, config):
     if not sel.any():
         return basis
     lo, hi = np.log(u0), np.log(u[sel].max())
-    inner = np.linspace(lo, hi, config.wing_knots)
-    knots = np.r_[[lo] * 3, inner, [hi] * 3]
-    # Sparse B-spline design (4 non-zeros a row): the normal equations cost O(pixels).
-    design = BSpline.design_matrix(np.log(u[sel]), knots, 3)
-    w = weight[sel] / sdet[np.nonzero(sel)[0]] ** 2
-    weighted = design.multiply(w[:, None]).tocsr()
-    normal = (design.T @ weighted).toarray()
-    # A tiny ridge keeps knots without data (beyond the last star pixel) at zero.
-    ridge = 1e-12 * np.trace(normal) / normal.shape[0]
-    rhs = weighted.T @ (data[sel] * sdet[np.nonzero(sel)[0]])
-    coeff = np.linalg.solve(normal + ridge * np.eye(normal.shape[0]), rhs)
+    n_int = config.wing_knots - 1
+    n_basis = n_int + 3
+    # Weighted least squares for the spline coefficients: data ~ g(u) / sqrt(det M).
+    star = np.nonzero(sel)[0]
+    first, values = _cubic_bspline(np.log(u[sel]), lo, hi, n_int)
+    w = weight[sel] / sdet[star] ** 2
+    target = data[sel] * sdet[star]
+    normal = np.zeros(n_basis * n_basis)
+    rhs = np.zeros(n_basis)
+    for a in range(4):
+        rhs += np.bincount(first + a, w * values[:, a] * target, minlength=n_basis)
+        for b in range(4):
+            normal += np.bincount((first + a) * n_basis + first + b,
+                                  w * values[:, a] * values[:, b], minlength=n_basis**2)
+    normal = normal.reshape(n_basis, n_basis)
+    # A tiny ridge keeps coefficients without data (beyond the last star pixel) at zero.
+    ridge = 1e-12 * np.trace(normal) / n_basis
+    coeff = np.linalg.solve(normal + ridge * np.eye(n_basis), rhs)
     ug, sg = grid_scaled
-    logu = np.clip(np.log(np.maximum(ug, u0)), lo, hi).ravel()
-    wing = (BSpline.design_matrix(logu, knots, 3) @ coeff).reshape(ug.shape) / sg[:, None, None]
+    first, values = _cubic_bspline(np.log(np.maximum(ug, u0)).ravel(), lo, hi, n_int)
+    wing = (values * coeff[first[:, None] + np.arange(4)]).sum(axis=1)
+    wing = wing.reshape(ug.shape) / sg[:, None, None]
     blend = np.clip((ug - u0) / _WING_TAPER, 0.0, 1.0)
     hybrid = grid_kernels + blend * (wing - grid_kernels)
     new = np.linalg.pinv(grid_terms) @ hybrid.reshape(grid_terms.shape[0], -1)
