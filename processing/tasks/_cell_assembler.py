@@ -238,14 +238,19 @@ class Assembler:
                                     "y_detector": float(ys[j])})
 
     def _fill_gaps(self, cell_id: int, image, variance, mask) -> None:
-        """A.8 on one cell: interpolate NO_DATA pixels; variance <= 0 or NaN -> +inf."""
+        """A.8 on one cell: interpolate NO_DATA pixels; variance <= 0 or NaN -> +inf.
+
+        A cell whose inner pixels all lack data (every input masked there) is not
+        interpolated from its border: its NO_DATA pixels get image 0, variance +inf.
+        """
         nodata = np.int32(bits("NO_DATA"))
         empty = (mask & nodata) != 0
-        if empty.all():
-            warnings.warn(f"cell {cell_id}: every pixel of every input is masked; the cell is "
-                          "NO_DATA (image 0, variance +inf)", stacklevel=4)
-            image[...] = 0.0
-            variance[...] = np.inf
+        b, s = self.grid.border, self.grid.size
+        if empty[b:b + s, b:b + s].all():
+            warnings.warn(f"cell {cell_id}: every inner pixel of every input is masked; the "
+                          "cell is NO_DATA (image 0, variance +inf)", stacklevel=4)
+            image[empty] = 0.0
+            variance[empty] = np.inf
             return
         if self.config.do_interpolate_coadd and empty.any():
             interpolate_masked(image, mask, int(nodata), variance=variance)
