@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import warnings
 
 import numpy as np
@@ -187,19 +186,15 @@ def test_few_matches_lower_the_sip_order():
     assert r.sip_order == 2                       # 15 pairs < 2 x 10 cubic terms
 
 
-def test_speed_300_refs_3000_sources():
+def test_large_scene_300_refs_3000_sources():
+    """The crowded case (timed in the calibrate benchmark, not here: tests are not timed)."""
     rng = np.random.default_rng(11)
     true_wcs = make_true_wcs(rot_deg=rng.uniform(0, 360))
     guess = make_guess_wcs(true_wcs, (3.0, -2.0), 0.3)
     sc = make_scene(rng, true_wcs, n_common=250, n_ref_only=50, n_src_only=2750)
-    _solve(sc, guess)                             # warm up imports and caches
-    best = np.inf
-    for _ in range(3):
-        t0 = time.perf_counter()
-        r = _solve(sc, guess)
-        best = min(best, time.perf_counter() - t0)
+    r = _solve(sc, guess)
     assert r.success
-    assert best < 0.5                             # measured ~0.04 s on the 2-core dev machine
+    assert int(r.matches["used"].sum()) >= 200
 
 
 def test_weights_favour_precise_centroids():
