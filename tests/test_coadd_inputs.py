@@ -14,6 +14,7 @@ from processing.coadd_inputs import (
     CoaddInputSelector,
     SelectionColumnsError,
     check_selection_columns,
+    patch_overlap_table,
 )
 from processing.visit_summary import DetectorSummary, VisitSummaryCatalog
 from queries import QueryParameterError
@@ -249,3 +250,17 @@ def test_query_file_declares_the_documented_parameters():
     assert q.params["best_n"].default is None and not q.params["best_n"].required
     assert {"skymap", "tract", "patch", "band"} <= {p.name for p in q.params.values()
                                                     if p.required}
+
+
+def test_patch_overlap_table_lists_every_overlapping_pair(survey):
+    _, summary, patches = survey
+    table = patch_overlap_table(summary, patches)
+    assert set(table.column_names) == {"skymap", "tract", "patch", "instrument", "visit",
+                                       "detector"}
+    with CoaddInputSelector(summary, patches) as sel:
+        for patch_id in (6, 12):
+            expected = {(int(summary.column("visit")[i].as_py()),
+                         int(summary.column("detector")[i].as_py()))
+                        for i in sel.overlapping("test", 0, patch_id)}
+            mine = table.filter(pa.compute.equal(table.column("patch"), patch_id))
+            assert selected(mine) == sorted(expected) and expected

@@ -85,6 +85,7 @@ def _mean_rows(x, v, m, w, bad, thr_bits, thr_frac, map_src, map_dst, calc_error
         rej = np.zeros((nx, max(n_thr, 1)))
         for k in range(n_in):
             wk = w[k]
+            wk2 = wk * wk
             for i in range(nx):
                 xk = np.float64(x[k, j, i])
                 vk = np.float64(v[k, j, i])
@@ -94,10 +95,11 @@ def _mean_rows(x, v, m, w, bad, thr_bits, thr_frac, map_src, map_dst, calc_error
                     mbits[i] |= mk
                 if np.isfinite(xk) and np.isfinite(vk) and not masked:
                     sw[i] += wk
-                    sw2[i] += wk * wk
                     swx[i] += wk * xk
-                    swx2[i] += wk * xk * xk
-                    sw2v[i] += wk * wk * vk
+                    sw2v[i] += wk2 * vk
+                    if not calc_error:  # loop-invariant: compiled out of the common path
+                        sw2[i] += wk2
+                        swx2[i] += wk * xk * xk
                     orm[i] |= mk
                     nacc[i] += 1
                 else:
