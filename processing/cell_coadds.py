@@ -11,9 +11,13 @@ Storage (``deep_coadd_cell``, storage class ``FitsBundle``): one FITS file
 with arrays ``IMAGE``, ``MASK``, ``VARIANCE``, ``MASKFRAC`` of shape
 ``(n_cells, outer, outer)`` and ``PSF`` ``(n_cells, k, k)``, in the row order
 of the table ``CELLS`` (the cell index table: ``cell_id``, ``cell_x``,
-``cell_y``, inner and outer boxes, ``n_inputs``, ``is_fallback``,
-``weight_sum``, ``psf_fwhm``...), the tables ``INPUTS`` and ``APCORR`` (long
-format, one row per cell input / per cell and field), and in the primary
+``cell_y``, ``inner_x0``/``inner_y0`` and the centre pixel, ``ra``/``dec``,
+``n_inputs``, ``is_fallback``, ``weight_sum``, ``psf_fwhm``, ``psf_ixx``...,
+``psf_sum``, ``depth``, ``variance_median``), the tables ``INPUTS`` (one row
+per cell input: ``cell_id``, ``instrument``, ``visit``, ``detector``,
+``weight``, ``overlap_fraction``, ``unmasked_fraction``, ``fallback``,
+``psf_sum``, the cell centre in detector pixels) and ``APCORR`` (``cell_id``,
+``name``, ``value``, ``error``), and in the primary
 header the tract WCS, the grid (``CELLX0``, ``CELLY0``, ``CELLSIZE``,
 ``CELLBRDR``, ``NCELLX``, ``NCELLY``), ``PIXSCALE`` (arcsec/pixel), ``BUNIT``,
 the data ID and the mask planes (``MP_<NAME>``).

@@ -283,11 +283,21 @@ class AssembleCellCoaddTask(PipelineTask):
         NoWorkFound
             No input, or no cell with an input.
         """
-        cfg = self.config
-        grid, tract, patch = _grid_of(sky_info)
+        _grid_of(sky_info)  # a sky map without cells is an error before anything else
         if not inputs:
             raise NoWorkFound("no input warps to coadd")
         sources = {k: _as_source(v) for k, v in inputs.items()}
+        try:
+            return self._run(sources, sky_info, visit_summaries, artifact_masks, band, skymap)
+        finally:  # close the files opened here (the caller closes its own sources)
+            for key, src in sources.items():
+                if src is not inputs[key]:
+                    src.close()
+
+    def _run(self, sources: dict[Any, WarpSource], sky_info, visit_summaries, artifact_masks,
+             band, skymap) -> TaskResult:
+        cfg = self.config
+        grid, tract, patch = _grid_of(sky_info)
         for key, src in sources.items():
             if (src.units or "").lower() != "njy":
                 raise DrpError(f"warp {key} is in {src.units!r}; cell coadds need nJy warps")
@@ -377,7 +387,8 @@ def _match_summaries(summaries, keys: list) -> dict[Any, VisitSummaryCatalog]:
     out = {}
     for key in keys:
         visit = int(key[-1] if isinstance(key, tuple) else key)
-        cat = by_key.get(key) or by_visit.get(visit)
+        cat = by_key.get(key)
+        cat = by_visit.get(visit) if cat is None else cat
         if cat is not None:
             out[key] = cat
     return out
