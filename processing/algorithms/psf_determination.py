@@ -329,7 +329,8 @@ def _self_similar_wings(basis, terms, data, weight, degree, config):
     by ``g(u) / sqrt(det M)`` with ``g`` a cubic B-spline in ``log u``.  The
     core + wing model is then sampled on a grid of positions (blended
     linearly over the taper) and the polynomial basis refitted to it (exact
-    in the core).  Returns the new basis, or the input if a moment fails.
+    in the core).  Returns the new basis, or the input (with a warning) if a
+    moment fails.
     """
     n_terms, k, _ = basis.shape
     scaled = _scaled_radius(np.einsum("nt,tij->nij", terms, basis))
@@ -339,6 +340,8 @@ def _self_similar_wings(basis, terms, data, weight, degree, config):
     grid_kernels = np.einsum("nt,tij->nij", grid_terms, basis)
     grid_scaled = _scaled_radius(grid_kernels)
     if scaled is None or grid_scaled is None:
+        warnings.warn("PSF core moments failed: wings left as free pixels this iteration",
+                      stacklevel=3)
         return basis
     u, sdet = scaled
     u0 = config.wing_radius - _WING_TAPER
