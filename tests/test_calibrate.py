@@ -6,6 +6,7 @@ import dataclasses
 import warnings
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from scipy.spatial import cKDTree
 
@@ -144,7 +145,8 @@ def test_bad_inputs_fail_with_a_reason(calibrated):
     with pytest.raises(SingleFrameError, match=r"PSF candidates|no source"):
         task.run(_bad(exp, image=noise), refcat)
     far = {k: t.set_column(t.column_names.index("coord_dec"), "coord_dec",
-                           t.column("coord_dec").to_numpy() + 5.0) for k, t in refcat.items()}
+                           pa.array(t.column("coord_dec").to_numpy() + 5.0))
+           for k, t in refcat.items()}
     with pytest.raises(SingleFrameError, match="astrometry failed"):
         task.run(exp, far)
     wrong = exp.wcs.deepcopy()
