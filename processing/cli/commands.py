@@ -45,15 +45,33 @@ def simulate(repo, preset, visits, seed, jobs) -> None:
 @click.option("--dask", default=None, envvar="DASK_SCHEDULER_ADDRESS",
               help="Dask scheduler address (tcp://host:8786).")
 @click.option("--resume", is_flag=True, help="Continue the output's latest run.")
+@click.option("--inputs-query", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Your own coadd input selection (.sql with @param headers; must return "
+                   "visit and detector).")
+@click.option("--query-param", "query_params", multiple=True, metavar="NAME=VALUE",
+              help="A parameter of the coadd input selection (e.g. max_psf_fwhm=1.2).")
 @handle_errors
-def run_cmd(repo, pipeline, inputs, output, where, tasks, jobs, dask, resume) -> None:
+def run_cmd(repo, pipeline, inputs, output, where, tasks, jobs, dask, resume, inputs_query,
+            query_params) -> None:
     """Run a pipeline on REPO: outputs go to a new RUN chained in front of the inputs."""
     from processing.pipeline import run_pipeline
     from processing.pipelines import get_pipeline
     from store import Repo
 
+    chosen = get_pipeline(pipeline)
+    if inputs_query or query_params:
+        from processing.coadd_inputs import with_inputs_query
+
+        params = {}
+        for item in query_params:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise click.BadParameter(f"expected NAME=VALUE, got {item!r}",
+                                         param_hint="--query-param")
+            params[key.strip()] = value.strip()
+        chosen = with_inputs_query(chosen, inputs_query, params)
     with Repo(repo) as r:
-        summary = run_pipeline(r, get_pipeline(pipeline), inputs=list(inputs), output=output,
+        summary = run_pipeline(r, chosen, inputs=list(inputs), output=output,
                                where=where, tasks=tasks.split(",") if tasks else None,
                                jobs=jobs, dask=dask, resume=resume)
     click.echo(summary.format())
