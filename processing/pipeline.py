@@ -223,7 +223,7 @@ def run_pipeline(repo, pipeline: Pipeline, *, inputs: list[str], output: str | N
                  bind: dict[str, Any] | None = None, tasks: list[str] | None = None,
                  jobs: int | None = None, dask: str | None = None, resume: bool = False,
                  progress: bool = True, batch_seconds: float = 2.0,
-                 batch_size: int = 64) -> RunSummary:
+                 batch_size: int = 256) -> RunSummary:
     """Run ``pipeline`` on the data in ``inputs``, writing a new RUN collection.
 
     Parameters
@@ -336,8 +336,12 @@ def _quantum_row(run, task, config, data_id, inputs, outputs, status, start, end
 def _register(repo, run: str, pending: list[tuple[Quantum, QuantumOutcome]],
               versions: str) -> int:
     """Register a batch of outcomes (files + provenance) in one transaction."""
+    from store.datastore import flush_filesystem
+
     if not pending:
         return 0
+    if any(outcome.written for _, outcome in pending):
+        flush_filesystem(repo.root)  # the files are durable before any row names them
     files = []
     rows = []
     for quantum, outcome in pending:

@@ -30,6 +30,7 @@ __all__ = [
     "atomic_write",
     "checksum_file",
     "dataset_relpath",
+    "flush_filesystem",
     "fsync_directory",
     "serialize",
     "transfer_file",
@@ -140,6 +141,16 @@ def fsync_directory(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def flush_filesystem(root: Path) -> None:
+    """Make every file written so far under ``root`` durable (one ``syncfs``, else ``sync``).
+
+    The pipeline driver calls this once before registering a batch of files
+    its workers wrote without fsync'ing each (measured 9 ms per fsync here).
+    """
+    if not _syncfs(Path(root)):
+        os.sync()
 
 
 def serialize(write: Callable[[Any], None]) -> memoryview:

@@ -402,6 +402,11 @@ def _store_macros(con) -> None:
     install_macros(con, temporary=False, force=True)
 
 
+#: Dataset types whose SQL copies feed the Rubin-named tables (their changes rebuild them).
+INPUT_DATASET_TYPES = frozenset({"visit_summary", "source", "single_visit_star",
+                                 "deep_coadd_cell_index"})
+
+
 def refresh_rubin_views(con) -> None:
     """(Re)create the ``rubin`` tables and views; run inside the registry's write transaction.
 
