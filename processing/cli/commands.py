@@ -142,13 +142,15 @@ def register_skymap_cmd(repo, name, rings, discrete, all_tracts) -> None:
 @click.option("--jobs", "-j", type=int, default=None, help="Worker processes (default: cores).")
 @click.option("--no-export", is_flag=True, help="Skip the data-release export.")
 @click.option("--no-report", is_flag=True, help="Skip the QA report.")
+@click.option("--all-patches", is_flag=True,
+              help="Coadd every patch the visits touch (default: the 4 central patches).")
 @handle_errors
-def demo(directory, preset, seed, jobs, no_export, no_report) -> None:
+def demo(directory, preset, seed, jobs, no_export, no_report, all_patches) -> None:
     """Simulate a small survey in DIRECTORY, run the whole pipeline, export a release."""
     from processing.demo import format_result, run_demo
 
     result = run_demo(directory, preset=preset, seed=seed, jobs=jobs, export=not no_export,
-                      report=not no_report, echo=click.echo)
+                      report=not no_report, all_patches=all_patches, echo=click.echo)
     click.echo(format_result(result))
     if result.summary is not None and not result.summary.ok:
         sys.exit(1)
