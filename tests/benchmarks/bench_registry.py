@@ -155,7 +155,8 @@ def run_butler(python: str, n_visits: int, workdir: Path) -> dict | None:
                            str(workdir)], capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    text = proc.stdout.strip()
+    return json.loads(text[text.index("{"):])  # the script prints one (indented) JSON object
 
 
 RATIO_KEYS = ("insert_dimensions_s", "put_tables_s", "ingest_fits_s", "where_query_ms",
