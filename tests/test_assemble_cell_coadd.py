@@ -385,6 +385,8 @@ def test_index_table_has_one_row_per_cell(result):
     assert index.num_rows == 64 and index["cell_id"].to_pylist() == list(range(64))
     populated = index.filter(index["n_inputs"].to_numpy() > 0)
     assert populated.num_rows == len(result.coadd)
+    empty = index.filter(index["n_inputs"].to_numpy() == 0)
+    assert empty.num_rows >= 1 and empty["psf_fwhm"].null_count == empty.num_rows  # SQL NULL
     fwhm = populated["psf_fwhm"].to_numpy()
     assert np.all((fwhm > 0.7) & (fwhm < 1.3))  # sigma 1.6-2.4 px at 0.2"/px
     depth = populated["depth"].to_numpy()

@@ -89,7 +89,7 @@ _INDEX_COLUMNS = ("psf_fwhm", "psf_ixx", "psf_iyy", "psf_ixy", "psf_sum", "depth
 
 
 def index_table(grid: CellGrid, wcs, cells: pa.Table, identifiers: dict) -> pa.Table:
-    """One row per cell of the patch, empty cells included (``n_inputs`` 0, NaN PSF)."""
+    """One row per cell of the patch, empty cells included (``n_inputs`` 0, NULL PSF)."""
     ids = np.arange(grid.n_cells)
     ix, iy = ids % grid.nx, ids // grid.nx
     cx, cy = grid.center_pixel(ix, iy)
@@ -112,6 +112,7 @@ def index_table(grid: CellGrid, wcs, cells: pa.Table, identifiers: dict) -> pa.T
                  "n_inputs": spread("n_inputs", 0, np.int32),
                  "is_fallback": spread("is_fallback", False, bool),
                  "weight_sum": spread("weight_sum", 0.0, float)})
-    for name in _INDEX_COLUMNS:
-        cols[name] = spread(name, np.nan, float)
+    for name in _INDEX_COLUMNS:  # NULL, not NaN, where not measured: SQL aggregates skip it
+        values = spread(name, np.nan, float)
+        cols[name] = pa.array(values, mask=~np.isfinite(values))
     return with_units(pa.table(cols), _UNITS, _DESCRIPTIONS)
