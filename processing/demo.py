@@ -73,8 +73,8 @@ def run_demo(directory: str | Path = "demo-repo", *, preset: str = "demo", seed:
     Parameters
     ----------
     directory : path-like
-        New directory for the repository (the release goes to ``<dir>/release``,
-        the report to ``<dir>/report.html``).
+        New directory: the repository goes to ``<dir>/repo``, the release to
+        ``<dir>/release``, the report to ``<dir>/report.html``.
     preset, seed, n_visits
         Survey to simulate (see :func:`sample_data.simulate_survey`).
     jobs : int, optional
@@ -98,9 +98,13 @@ def run_demo(directory: str | Path = "demo-repo", *, preset: str = "demo", seed:
     from store import Repo
 
     root = Path(directory)
-    result = DemoResult(root)
+    if root.exists() and any(root.iterdir()):
+        from store.errors import DrpError
+
+        raise DrpError(f"{root} exists and is not empty; choose a new directory for the demo")
+    result = DemoResult(root / "repo")
     t0 = time.monotonic()
-    repo = Repo.create(root)
+    repo = Repo.create(root / "repo")
     _say(echo, f"[1/4] simulating the {preset!r} survey into {repo.root} ...")
     t = time.monotonic()
     sim = simulate_survey(repo, preset=preset, seed=seed, n_visits=n_visits, n_workers=jobs)

@@ -66,24 +66,33 @@ def outputs(repo: Repo, run: str) -> list[tuple]:
     return [(r["dataset_type"], r["data_id_key"], r["checksum"]) for r in rows]
 
 
-def test_every_task_runs_and_the_repository_verifies(survey, tmp_path):
-    repo = copy_repo(survey, tmp_path)
+def test_drp_demo_runs_every_task_exports_and_reports(tmp_path):
+    """`drp demo` on the small survey: every task, a valid release, a report, a clean verify."""
+    from processing.demo import format_result, run_demo
+    from store.release import verify_release
+
+    result = run_demo(tmp_path / "demo", preset=e2e_config(), seed=5, jobs=1, echo=None)
+    summary = result.summary
     pipeline = get_pipeline("drp")
-    summary = run_pipeline(repo, pipeline, inputs=["inputs"], output="e2e/out", run="e2e/run1",
-                           jobs=1, progress=False)
     assert summary.ok, summary.format()
     assert set(summary.counts) == set(pipeline.task_names())
     for task, counts in summary.counts.items():
         assert counts["succeeded"] > 0, f"{task}: {dict(counts)}"
-    produced = {t for t, _, _ in outputs(repo, "e2e/run1")}
+    repo = Repo(result.repo)
+    produced = {t for t, _, _ in outputs(repo, summary.run)}
     expected = {c.dataset_type for step in pipeline.steps for c in step.task_class.outputs}
     assert expected <= produced, expected - produced
     assert repo.verify().ok
-    # every output traces back to its inputs
-    orphans = repo.sql("SELECT count(*) AS n FROM main.dataset d WHERE d.run = 'e2e/run1' "
+    # every output traces back to the quantum that made it
+    orphans = repo.sql("SELECT count(*) AS n FROM main.dataset d WHERE d.run = $r "
                        "AND NOT EXISTS (SELECT 1 FROM main.quantum q, unnest(q.outputs) u(o) "
-                       "WHERE u.o = d.id)").column("n")[0].as_py()
+                       "WHERE u.o = d.id)", {"r": summary.run}).column("n")[0].as_py()
     assert orphans == 0
+    assert result.release is not None and verify_release(result.release).ok
+    assert result.report is not None and result.report.stat().st_size > 10_000
+    text = format_result(result)
+    assert "datasets produced" in text and "drp sql" in text
+    assert [r["band"] for r in result.per_band] == ["r"]
 
 
 def test_parallel_and_dask_runs_give_identical_outputs(survey, tmp_path):
