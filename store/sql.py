@@ -9,6 +9,7 @@ translated first when detected (or forced).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,19 +45,29 @@ def _first_line(err: Exception) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+#: Words only ADQL (or Rubin's Qserv) queries contain; a query with none of them is plain
+#: DuckDB SQL and skips the parser-based detection (and the sqlglot import).
+_ADQL_MARKERS = re.compile(
+    r"\b(top|point|circle|polygon|box|distance|contains|intersects|coord1|coord2|area|region|"
+    r"centroid|coordsys)\s*\(|\btop\s+\d|\b(scisql_|ivo_)|\b(dp1|dp2|dp02_dc2_catalogs|"
+    r"dp03_catalogs_10yr|dp03_catalogs_1yr|tap_schema)\s*\.", re.IGNORECASE)
+
+
+def _may_be_adql(query: str) -> bool:
+    """Cheap lexical pre-check before the parser-based :func:`store.adql.looks_like_adql`."""
+    return _ADQL_MARKERS.search(query) is not None
+
+
 def run_query(con: duckdb.DuckDBPyConnection, query: str, bind: Mapping[str, Any] | None,
               *, adql: bool | None = None) -> pa.Table:
     """Translate (ADQL) if needed, check read-only, execute, return Arrow."""
     sql = query
-    try:
-        from . import adql as _adql
-    except ImportError:  # pragma: no cover - ADQL layer optional during development
-        _adql = None
-    if _adql is not None and (adql or (adql is None and _adql.looks_like_adql(query))):
-        sql = _adql.translate(query)
-        _adql_install = getattr(_adql, "prepare_connection", None)
-        if _adql_install is not None:
-            _adql_install(con)
+    if adql or (adql is None and _may_be_adql(query)):
+        from . import adql as _adql  # sqlglot costs ~0.2 s to import: only when needed
+
+        if adql or _adql.looks_like_adql(query):
+            sql = _adql.translate(query)
+            _adql.prepare_connection(con)
     check_read_only(sql)
     from .rubin_tables import use_rubin_tables
 
