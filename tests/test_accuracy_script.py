@@ -345,9 +345,11 @@ def test_coadd_photometry_of_isolated_stars():
                           psf=GaussianPsf(2.0, size=25))
     truth = SimpleNamespace(objects={"ra": 10.0 + px * s, "dec": py * s}, hlr=np.zeros(4),
                             is_star=np.ones(4, bool), flux=lambda band: flux)
-    ratios, flagged = coadd._photometry(exp, truth, "g", np.arange(4), px, py, np.full(4, 1e4))
+    ratios, flagged, ap = coadd._photometry(exp, truth, "g", np.arange(4), px, py,
+                                            np.full(4, 1e4))
     assert ratios.size == 2 and not flagged.any()
     assert np.allclose(ratios, 1.0, atol=3e-3)
+    assert np.allclose(ap, 1.0, atol=3e-3)  # a Gaussian of sigma 2 is all within 20 px
 
 
 def test_stitched_differences_counts_cells():

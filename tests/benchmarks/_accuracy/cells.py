@@ -13,7 +13,7 @@ from .common import (
     psf_errors,
     psf_figures,
 )
-from .core import isolated
+from .core import figure, isolated, null_figure
 
 __all__ = ["cell_figures", "cell_stamps"]
 
@@ -129,10 +129,11 @@ def cell_figures(repo, collection: str, truth, max_patches: int | None = None,
         "< 0.01 (|median PSF flux x cell aperture correction / true flux - 1|)", 0.01,
         "PSF fit on the outer cell with the cell PSF shifted to the true position, isolated "
         "true stars with S/N > 100 centred in the inner cell")
+    target = "0 cells whose inner image, mask or variance differ from the stitched exposure"
     if stitched["n_patches"]:
-        stitched["identical"] = stitched["n_cells_differing"] == 0
-        out["stitched_equals_inner_cells"] = stitched
+        bad = stitched["n_cells_differing"]
+        out["stitched_equals_inner_cells"] = figure(bad, stitched["n_cells"], target, bad == 0,
+                                                    n_patches=stitched["n_patches"])
     else:
-        out["stitched_equals_inner_cells"] = {"value": None,
-                                              "reason": "no deep_coadd_cell_stitched"}
+        out["stitched_equals_inner_cells"] = null_figure("no deep_coadd_cell_stitched", target)
     return out

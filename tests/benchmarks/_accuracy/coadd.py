@@ -16,7 +16,15 @@ from .common import (
     psf_errors,
     psf_figures,
 )
-from .core import FWHM_PER_SIGMA, artefact_samples, disk_mask, figure, isolated, robust_sigma
+from .core import (
+    FWHM_PER_SIGMA,
+    artefact_samples,
+    disk_mask,
+    figure,
+    isolated,
+    null_figure,
+    robust_sigma,
+)
 
 __all__ = ["coadd_figures"]
 
@@ -59,7 +67,8 @@ def _primary_values(repo, ref, iy, ix) -> np.ndarray:
 
 
 def _photometry(coadd, truth, band, idx, ax, ay, snr_est):
-    """Forced PSF-flux ratios of bright isolated stars: (clean ratios, flagged booleans)."""
+    """Bright isolated stars: PSF-flux ratios (clean), flagged booleans, r=20 px aperture ratios."""
+    from processing.algorithms.apertures import aperture_flux
     from processing.algorithms.psf_images import model_stamps
 
     x0, y0 = coadd.xy0
@@ -67,13 +76,16 @@ def _photometry(coadd, truth, band, idx, ax, ay, snr_est):
     keep = star[isolated(truth.objects["ra"], truth.objects["dec"], truth.flux(band),
                          truth.hlr, idx[star])]
     if keep.size == 0:
-        return np.zeros(0), np.zeros(0, bool)
+        return np.zeros(0), np.zeros(0, bool), np.zeros(0)
     flux = truth.flux(band)[idx[keep]]
     models, mx0, my0 = model_stamps(coadd.psf, ax[keep] + x0, ay[keep] + y0)
     res = forced_psf_flux(coadd.image, coadd.variance, coadd.mask, models, mx0 - x0, my0 - y0)
     ok = ~res["spoiled"] & (flux / res["err"] > MIN_SNR)
-    ratio = res["flux"][ok] / flux[ok]
-    return ratio[~res["flagged"][ok]], res["flagged"][ok]
+    clean = ok & ~res["flagged"]
+    # A 20-pixel aperture tells the image's photometry from the PSF model's.
+    ap = aperture_flux(coadd.image, coadd.variance, None, ax[keep][clean], ay[keep][clean],
+                       radii=[20.0])[0].flux / flux[clean]
+    return res["flux"][clean] / flux[clean], res["flagged"][ok], ap
 
 
 def _noise(coadd, ax, ay, radius):
@@ -221,7 +233,7 @@ def coadd_figures(repo, collection: str, truth, max_patches: int | None = None,
     if not refs:
         return {"reason": f"no deep_coadd in {collection}"}
     sizes = _DetectorSizes(repo, collection, truth.instrument)
-    ratios, flagged, noise = [], [], []
+    ratios, flagged, aperture, noise = [], [], [], []
     per_patch: dict = {}
     near = np.zeros((2, len(_MAG_BINS) - 1), np.int64)
     art: dict = {}
@@ -239,9 +251,10 @@ def coadd_figures(repo, collection: str, truth, max_patches: int | None = None,
         sigma_pix = float(np.sqrt(np.nanmedian(var[np.isfinite(var) & (var > 0)])))
         flux = np.nan_to_num(truth.flux(band)[idx], nan=0.0)
         snr_est = flux / (sigma_pix * np.sqrt(4 * np.pi) * sigma)
-        r, f = _photometry(coadd, truth, band, idx, ax, ay, snr_est)
+        r, f, a = _photometry(coadd, truth, band, idx, ax, ay, snr_est)
         ratios.append(r)
         flagged.append(f)
+        aperture.append(a)
         if r.size:
             per_patch[f"{did['tract']}-{did['patch']}-{band}"] = [int(r.size),
                                                                  float(np.median(r))]
@@ -264,21 +277,24 @@ def coadd_figures(repo, collection: str, truth, max_patches: int | None = None,
             skipped_nodes += skipped
             for k, e in (errs or {}).items():
                 psf_err[k].append(e)
-    return _summarise(len(refs), ratios, flagged, per_patch, noise, near, art, psf_err,
-                      skipped_nodes)
+    return _summarise(len(refs), ratios, flagged, aperture, per_patch, noise, near, art,
+                      psf_err, skipped_nodes)
 
 
 def _cat(parts) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def _summarise(n_patches, ratios, flagged, per_patch, noise, near, art, psf_err, skipped):
+def _summarise(n_patches, ratios, flagged, aperture, per_patch, noise, near, art, psf_err,
+               skipped):
     out: dict = {"n_patches": n_patches}
     out["psf_flux_ratio"] = flux_figure(
         _cat(ratios), _cat(flagged), "< 0.01 (|median PSF flux / true flux - 1|)", 0.01,
         "forced PSF fit (pipeline psf_flux, coadd GridPsf) at the true positions of isolated "
         "true stars with S/N > 100, no BAD/SAT/NO_DATA in the stamp; stars with CLIPPED, "
-        "REJECTED or INEXACT_PSF within 8 px are left out; no aperture correction")
+        "REJECTED or INEXACT_PSF within 8 px are left out; no aperture correction",
+        aperture_r20_median_ratio=float(np.median(_cat(aperture))) if _cat(aperture).size
+        else None, aperture_r20_robust_sigma=robust_sigma(_cat(aperture)))
     if per_patch:
         meds = np.array([m for _, m in per_patch.values()])
         out["psf_flux_ratio"]["per_patch_max_abs"] = float(np.max(np.abs(meds - 1)))
@@ -294,7 +310,7 @@ def _summarise(n_patches, ratios, flagged, per_patch, noise, near, art, psf_err,
             note="binned: the same on 8 x 8 pixel sums, which includes the pixel-to-pixel "
                  "noise correlations of the warps that the variance plane leaves out")
     else:
-        out["noise_vs_variance"] = {"value": None, "reason": "no empty-sky pixels"}
+        out["noise_vs_variance"] = null_figure("no empty-sky pixels", "< 0.05")
     total, clipped = near.sum(axis=1)
     frac = clipped / total if total else float("nan")
     out["clipped_near_stars"] = figure(

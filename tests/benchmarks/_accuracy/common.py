@@ -165,7 +165,7 @@ def psf_figures(err_mean, err_mix, what: str) -> dict:
     return out
 
 
-def flux_figure(ratios, flagged, target, limit, note) -> dict:
+def flux_figure(ratios, flagged, target, limit, note, **extra) -> dict:
     """Median flux ratio figure (value = |median - 1|) with its scatter."""
     r = np.asarray(ratios, float)
     if r.size == 0:
@@ -174,6 +174,6 @@ def flux_figure(ratios, flagged, target, limit, note) -> dict:
     return figure(abs(med - 1), r.size, target, abs(med - 1) < limit, median_ratio=med,
                   robust_sigma=robust_sigma(r), fraction_within_1pct=float(
                       np.mean(np.abs(r - 1) < 0.01)),
-                  n_flagged_left_out=int(np.sum(flagged)), note=note)
+                  n_flagged_left_out=int(np.sum(flagged)), note=note, **extra)
 
 

@@ -91,13 +91,19 @@ class Truth:
         """
         key = (int(visit), int(detector))
         if key not in self._fields:
-            g = self._grid
-            rows = g[(g["visit"] == key[0]) & (g["detector"] == key[1])] if g is not None else []
-            if len(rows) == 0:
+            rows = self.psf_grid(*key)
+            if rows is None or len(rows) == 0:
                 return None
             self._fields[key] = PolyField(rows["x"].to_numpy(), rows["y"].to_numpy(),
                                           rows[list(_PSF_COLUMNS)].to_numpy(), degree=3)
         return self._fields[key]
+
+    def psf_grid(self, visit: int, detector: int):
+        """The ``truth_psf_grid`` rows of a detector-visit (pandas DataFrame, maybe empty)."""
+        g = self._grid
+        if g is None:
+            return None
+        return g[(g["visit"] == int(visit)) & (g["detector"] == int(detector))]
 
     def on_detector(self, visit: int, detector: int, width: int, height: int,
                     margin: float = 0.0):

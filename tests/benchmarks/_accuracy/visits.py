@@ -96,14 +96,15 @@ def _calibrate_unit(src, stars, psf, summary_zp, truth, key, band, idx, tx, ty) 
         out["astrom_mean"] = float(np.hypot(east.mean(), north.mean()))
     field = truth.psf_field(*key)
     if psf is not None and field is not None:
-        reserved = _col(stars, "calib_psf_reserved").astype(bool)
-        x, y = _col(stars, "slot_Centroid_x")[reserved], _col(stars, "slot_Centroid_y")[reserved]
+        reserved = (_col(stars, "calib_psf_reserved").astype(bool) if stars is not None
+                    else np.zeros(0, bool))
+        x = _col(stars, "slot_Centroid_x")[reserved] if reserved.size else np.zeros(0)
+        y = _col(stars, "slot_Centroid_y")[reserved] if reserved.size else np.zeros(0)
         if x.size:
             model = np.column_stack(psf_moments(psf, x, y))
             out["psf_reserved"] = np.abs(rel_moment_errors(model, field(x, y)[:, :3])).max(0)
             out["n_reserved"] = x.size
-        g = truth._grid
-        g = g[(g["visit"] == key[0]) & (g["detector"] == key[1])]
+        g = truth.psf_grid(*key)
         gx, gy = g["x"].to_numpy(), g["y"].to_numpy()
         model = np.column_stack(psf_moments(psf, gx, gy))
         out["psf_grid"] = np.abs(rel_moment_errors(model, g[["ixx", "iyy", "ixy"]].to_numpy())
@@ -172,10 +173,13 @@ def visit_figures(repo, collection: str, truth) -> dict:
                 summaries[(name, v)] = (VisitSummaryCatalog.from_table(repo.get(r))
                                         if r is not None else None)
         pre, final = summaries[("preliminary_visit_summary", v)], summaries[("visit_summary", v)]
-        geo = (pre or final).row(d)
+        if not any(c is not None and d in c for c in (pre, final)):
+            continue  # no detector geometry
+        geo = (pre if pre is not None and d in pre else final).row(d)
         idx, tx, ty = truth.on_detector(v, d, int(geo["width"]), int(geo["height"]))
         src = repo.get(ref, parameters={"columns": cols_src})
-        stars = repo.get("single_visit_star", ref.data_id, collections=collection)
+        sref = repo.find_dataset("single_visit_star", ref.data_id, collections=collection)
+        stars = repo.get(sref) if sref is not None else None
         pvi = repo.find_dataset("preliminary_visit_image", ref.data_id, collections=collection)
         psf = (repo.get(pvi, parameters={"components": True}).psf if pvi is not None
                else (pre.psf(d) if pre is not None else None))
@@ -184,9 +188,9 @@ def visit_figures(repo, collection: str, truth) -> dict:
         if pre is not None:
             cal[key]["wcs_max"], cal[key]["wcs_median"] = _wcs_offsets(
                 pre.wcs(d), truth, key, int(geo["width"]), int(geo["height"]))
-        if final is not None and d in final:
-            source = repo.get("source", ref.data_id, collections=collection,
-                              parameters={"columns": [*cols_src, "ap09Flux"]})
+        fref = repo.find_dataset("source", ref.data_id, collections=collection)
+        if final is not None and d in final and fref is not None:
+            source = repo.get(fref, parameters={"columns": [*cols_src, "ap09Flux"]})
             unit = _source_unit(source, truth, key, band, idx, tx, ty)
             row, t = final.row(d), truth.visit_detector[key]
             sql = ccd.get(key) if ccd else None
@@ -222,6 +226,8 @@ def _per_unit(units, name, target, limit, transform=lambda a: a, **extra) -> dic
 
 
 def _summarise_calibrate(cal: dict) -> dict:
+    if not cal:
+        return {"reason": "no src dataset of a detector-visit with truth"}
     n_stars = int(np.nansum(_gather(cal, "n_stars")))
     out = {
         "psf_flux_ratio": _per_unit(
