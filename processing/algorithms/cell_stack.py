@@ -135,6 +135,7 @@ class CellGrid:
 
     @property
     def n_cells(self) -> int:
+        """Number of cells."""
         return self.nx * self.ny
 
     @property
@@ -143,9 +144,11 @@ class CellGrid:
         return Box(self.x0, self.y0, self.nx * self.size, self.ny * self.size)
 
     def inner_box(self, ix: int, iy: int) -> Box:
+        """Inner box of cell ``(ix, iy)`` (tract pixels)."""
         return Box(self.x0 + ix * self.size, self.y0 + iy * self.size, self.size, self.size)
 
     def outer_box(self, ix: int, iy: int) -> Box:
+        """Outer box of cell ``(ix, iy)``: the inner box grown by the border."""
         return self.inner_box(ix, iy).grow(self.border)
 
     def center_pixel(self, ix, iy) -> tuple[np.ndarray, np.ndarray]:
@@ -417,6 +420,7 @@ class CellStack:
 
     @property
     def nbytes(self) -> int:
+        """Memory held by the sums, bytes."""
         return 24 * int(np.prod(self.shape))
 
     def reset(self, slot: int) -> None:
