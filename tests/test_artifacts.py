@@ -115,6 +115,36 @@ def test_cosmic_ray_and_trail_are_found_sources_kept(b):
     assert res.n_artifacts[[0, 1, 3, 5]].sum() == 0
 
 
+def test_warp_alone_over_most_of_the_block_clips_no_sky():
+    """A warp that is the only input over most of the block keeps a noise-level threshold.
+
+    Where warp 0 is alone its residual against the others is 0 by construction;
+    counting those zeros in the robust scale shrank the threshold to ~1.5 sigma
+    and noise blobs of the overlap were clipped (demo visit 2024112700001: 3% of
+    its warp).  Its trail in the overlap must still be found.
+    """
+    x, v, m, moments = block(n=5, size=200, seed=4)
+    m[1:, :, :80] = bits("NO_DATA")  # the others cover only the right 60%
+    x[1:, :, :80] = np.nan
+    yy, xx = np.indices(x.shape[1:], dtype=float)
+    trail = 60.0 * np.exp(-0.5 * ((xx - 0.1 * yy - 168) / 2.0) ** 2)
+    trail[:, :80] = 0.0
+    clean = x.copy()
+    x[0] += trail.astype(np.float32)
+    res = find_artifacts(x, v, m, np.ones(5), moments, bad_mask=BAD,
+                         config=ArtifactConfig(bin=2))
+    overlap = np.zeros(x.shape[1:], bool)
+    overlap[:, 80:] = True
+    sky = overlap & ~grow_mask(trail > 0.5, 8)
+    for sx, sy in ((40, 40), (120, 45), (80, 110), (30, 130), (135, 130)):
+        sky &= (xx - sx) ** 2 + (yy - sy) ** 2 > 15 ** 2
+    assert res.clipped[0][sky].mean() < 1e-3
+    assert not res.clipped[1:].any()
+    assert trail[res.clipped[0]].sum() > 0.99 * trail.sum()
+    # Without the trail nothing at all is clipped.
+    assert not find_artifacts(clean, v, m, np.ones(5), moments, bad_mask=BAD).clipped.any()
+
+
 def test_fewer_than_three_epochs_decide_nothing():
     x, v, m, moments = block(n=2)
     x[0, 50, 50] += 5000.0

@@ -19,11 +19,13 @@ aligned warps (a subregion of the patch, all inputs):
    clipped mean, whose inter-quartile first pass two outliers among six
    inflate) and whose residuals stay Gaussian (a median's do not).  Each warp
    is compared with the template of the others (leave-one-out).
-3. **Candidates**, per warp: the residual ``(M_k - T) / sqrt(V_k + V_T)``
-   smoothed with a box of about the PSF width, thresholded at ``threshold``
-   times its robust (inter-quartile) scatter, both polarities; 8-connected
-   groups of at least ``min_pixels``.  The robust scatter absorbs the noise
-   correlation that warping and matching introduce.
+3. **Candidates**, per warp, where at least one other warp has data: the
+   residual ``(M_k - T) / sqrt(V_k + V_T)`` smoothed with a box of about the
+   PSF width, thresholded at ``threshold`` times its robust (inter-quartile)
+   scatter, both polarities; 8-connected groups of at least ``min_pixels``.
+   The robust scatter absorbs the noise correlation that warping and matching
+   introduce; pixels where the warp is alone (residual 0 by construction) are
+   left out of it, or they would shrink it and noise would pass the threshold.
 4. **Epoch count**: at every pixel, the number of warps with a candidate there.
    A candidate of mean input count ``N`` is an artefact when more than
    ``spatial_threshold`` of its pixels are candidates in at least one and at
@@ -386,7 +388,10 @@ def find_artifacts(images: np.ndarray, variances: np.ndarray, masks: np.ndarray,
     diff = np.empty(bshape[1:], np.float32)
     other = np.empty(bshape[1:], np.float32)
     for k in range(n_in):
-        valid = t_valid & ((m[k] & bad_mask) == 0)
+        # Only where another input can be compared with warp k: where warp k is alone,
+        # its residual against itself is 0, and those zeros would shrink the robust
+        # scale below the noise (threshold at ~1.5 sigma: blobs of noise clipped).
+        valid = t_valid & ((m[k] & bad_mask) == 0) & (t_n >= 2)
         # Leave-one-out: warp k against the template of the others, so the residual's
         # variance is V_k + V_others wherever warp k was averaged into the template.
         loo_residual(x[k], v[k], valid, t_img, t_var, t_w, float(w_in[k]),
