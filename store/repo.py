@@ -630,12 +630,21 @@ class Repo:
         joins = self._joins(dt, where or "")
         run_params = {f"_r{i}": r for i, r in enumerate(runs)}
         rank = " ".join(f"WHEN ${k} THEN {i}" for i, k in enumerate(run_params))
+        params = {"_type": dt.name, **run_params, **used_params(where or "", bind)}
+        if region is not None:
+            # Regions first: the exact sphere test keeps few keys, and joining on
+            # them is cheaper than fetching every dataset and filtering after.
+            element = self._spatial_element(dt)
+            keys, hits = self._region_hits(region, element)
+            params.update({f"_h{j}": [h[j] for h in hits] for j in range(len(keys))})
+            unnest = ", ".join(f"unnest($_h{j}) AS _h{j}" for j in range(len(keys)))
+            on = " AND ".join(f"d.{k} = _hits._h{j}" for j, k in enumerate(keys))
+            joins = f"JOIN (SELECT {unnest}) AS _hits ON {on} {joins}"
         sql = (f"SELECT d.*, CASE d.run {rank} END AS _rank"
                + f" FROM dataset d {joins} WHERE d.dataset_type = $_type AND d.run IN "
                f"({', '.join('$' + k for k in run_params)})")
         if where:
             sql += f" AND ({where})"
-        params = {"_type": dt.name, **run_params, **used_params(where or "", bind)}
         if find_first and len(runs) > 1:
             sql = (f"SELECT * EXCLUDE (_rn) FROM (SELECT *, row_number() OVER (PARTITION BY "
                    f"data_id_key ORDER BY _rank) AS _rn FROM ({sql})) WHERE _rn = 1")
@@ -649,10 +658,7 @@ class Repo:
 
             raise InvalidQueryError(
                 f"bad where clause {where!r}: {str(err).strip().splitlines()[0]}") from None
-        if region is not None:
-            table = self._spatial_filter(table, region, self._spatial_element(dt))
-        elif "_rank" in table.column_names:
-            table = table.drop_columns(["_rank"])
+        table = table.drop_columns([c for c in table.column_names if c.startswith("_")])
         return DatasetQueryResult(table, {dt.name: dt.dimensions})
 
     def _spatial_element(self, dt: DatasetType) -> str:
@@ -716,47 +722,30 @@ class Repo:
             joins.append(f"LEFT JOIN ({inner}) AS {alias} ON {cond}")
         return " ".join(joins)
 
-    def _spatial_filter(self, table: pa.Table, region, element: str) -> pa.Table:
-        """Keep datasets whose ``element`` region meets ``region`` (exact on the sphere).
+    def _region_hits(self, region, element: str) -> tuple[list[str], list[tuple]]:
+        """Primary keys of the ``element`` records whose region meets ``region``.
 
-        Candidates come from the ``center_pixel`` index (pixels within the query
-        radius plus the element's largest region radius); only they are tested
-        exactly.
+        Answered from a :class:`~store.region_index.RegionIndex` of the element,
+        loaded once and kept until the registry changes.
         """
-        from .dimensions import ELEMENTS, SKYPIX_ORDER
-        from .registry import query_pixels
+        from .dimensions import ELEMENTS
+        from .region_index import RegionIndex
 
-        drop = [c for c in table.column_names if c.startswith("_")]
-        if table.num_rows == 0:
-            return table.drop_columns(drop)
+        keys = list(ELEMENTS[element].primary_key)
         if isinstance(region, tuple):
             shape: Circle | ConvexPolygon = Circle(float(region[0]), float(region[1]), 0.0)
         else:
             shape = region
-        cap = shape if isinstance(shape, Circle) else shape.bounding_circle()
-        stats = self._element_stats(element)
-        pixels = query_pixels(cap.ra, cap.dec, cap.radius + stats["max_radius"],
-                              SKYPIX_ORDER[element])
-        keys = list(ELEMENTS[element].primary_key)
-        params = {f"p{i}": p for i, p in enumerate(pixels)}
-        found = self.registry.query(
-            f"SELECT {', '.join(keys)}, region_ra, region_dec FROM {element} WHERE center_pixel "
-            f"IN ({', '.join('$' + k for k in params)})", params).to_pylist() if pixels else []
-        polygons = {}
-        for row in found:
-            if not row["region_ra"]:
-                continue
-            poly = ConvexPolygon(row["region_ra"], row["region_dec"])
-            if isinstance(shape, Circle):
-                hit = (bool(poly.contains(shape.ra, shape.dec)) if shape.radius == 0
-                       else poly.overlaps_circle(shape))
-            else:
-                hit = poly.overlaps(shape)
-            if hit:
-                polygons[tuple(row[k] for k in keys)] = True
-        columns = [table.column(k).to_pylist() for k in keys]
-        keep = [tuple(vals) in polygons for vals in zip(*columns, strict=True)]
-        return table.filter(pa.array(keep, type=pa.bool_())).drop_columns(drop)
+        stamp = self.registry._stamp()
+        cache = self.__dict__.setdefault("_region_cache", {})
+        hit = cache.get(element)
+        if hit is None or hit[0] != stamp:
+            table = self.registry.query(
+                f"SELECT {', '.join(keys)}, bc_x, bc_y, bc_z, bc_radius, region_ra, region_dec"
+                f" FROM {element}")
+            hit = (stamp, RegionIndex(table, keys))
+            cache[element] = hit
+        return keys, hit[1].hits(shape)
 
     # -- SQL ------------------------------------------------------------------------------
     def sql(self, query: str, bind: Mapping[str, Any] | None = None, *,

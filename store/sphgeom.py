@@ -15,6 +15,8 @@ __all__ = [
     "Circle",
     "ConvexPolygon",
     "angular_separation",
+    "polygons_overlap_circle",
+    "polygons_overlap_polygon",
     "radec_to_xyz",
     "xyz_to_radec",
 ]
@@ -166,3 +168,74 @@ class ConvexPolygon:
             if np.any(np.all(side < -1e-15, axis=0)):
                 return False
         return True
+
+
+def _oriented_stack(vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Counter-clockwise vertices and unit inward edge normals of ``(m, k, 3)`` polygons."""
+    v = np.asarray(vertices, dtype=float)
+    normals = np.cross(v, np.roll(v, -1, axis=1))
+    flip = np.einsum("mkj,mj->m", normals, v.sum(axis=1)) < 0
+    if np.any(flip):
+        v = v.copy()
+        v[flip] = v[flip, ::-1]
+        normals = np.cross(v, np.roll(v, -1, axis=1))
+    normals /= np.linalg.norm(normals, axis=2, keepdims=True)
+    return v, normals
+
+
+def polygons_overlap_circle(vertices: np.ndarray, circle: Circle) -> np.ndarray:
+    """Exact overlap test of many convex polygons with one cap, vectorised.
+
+    Parameters
+    ----------
+    vertices : numpy.ndarray
+        ``(m, k, 3)`` unit-vector vertices of ``m`` polygons with ``k`` vertices
+        each (either winding).
+    circle : Circle
+        The cap (degrees).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(m,)`` booleans, as :meth:`ConvexPolygon.overlaps_circle` for each polygon.
+    """
+    v, n = _oriented_stack(vertices)
+    w = np.roll(v, -1, axis=1)
+    p = radec_to_xyz(circle.ra, circle.dec)
+    s = n @ p                                                        # (m, k)
+    inside = np.all(s >= -1e-15, axis=1)
+    # Distance to each edge arc: to its great circle when the foot of the
+    # perpendicular falls between the end points, else to the nearer end point.
+    foot = p - s[..., None] * n
+    norm = np.linalg.norm(foot, axis=2, keepdims=True)
+    foot = np.divide(foot, norm, out=np.zeros_like(foot), where=norm > 0)
+    in_arc = ((norm[..., 0] > 0)
+              & (np.einsum("mkj,mkj->mk", np.cross(v, foot), n) >= 0)
+              & (np.einsum("mkj,mkj->mk", np.cross(foot, w), n) >= 0))
+    to_ends = np.minimum(np.arccos(np.clip(v @ p, -1, 1)), np.arccos(np.clip(w @ p, -1, 1)))
+    dist = np.where(in_arc, np.abs(np.arcsin(np.clip(s, -1, 1))), to_ends).min(axis=1)
+    return inside | (dist <= np.radians(circle.radius))
+
+
+def polygons_overlap_polygon(vertices: np.ndarray, polygon: ConvexPolygon) -> np.ndarray:
+    """Exact overlap test of many convex polygons with one, vectorised.
+
+    Parameters
+    ----------
+    vertices : numpy.ndarray
+        ``(m, k, 3)`` unit-vector vertices of ``m`` polygons (either winding).
+    polygon : ConvexPolygon
+        The other polygon.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(m,)`` booleans, as :meth:`ConvexPolygon.overlaps` for each polygon.
+    """
+    v, n = _oriented_stack(vertices)
+    # Separated iff all of one polygon's vertices lie outside an edge of the other.
+    by_query_edge = np.einsum("mkj,qj->mqk", v, polygon.normals) < -1e-15
+    by_own_edge = np.einsum("mkj,qj->mkq", n, polygon.vertices) < -1e-15
+    separated = np.any(np.all(by_query_edge, axis=2), axis=1) | np.any(
+        np.all(by_own_edge, axis=2), axis=1)
+    return ~separated

@@ -75,8 +75,10 @@ def export_datasets(repo, refs: Iterable[DatasetRef], directory: str | Path, *,
             if not keys or any(k not in rows.column_names for k in keys):
                 continue
             cond = " AND ".join(f"e.{k} = r.{k}" for k in keys)
-            records = con.sql(f"SELECT DISTINCT e.* FROM {name} e JOIN _rows r ON {cond}"
-                              ).to_arrow_table()
+            # A fixed row order keeps the exported files byte-identical from run to run.
+            order = ", ".join(f"e.{k}" for k in element.primary_key)
+            records = con.sql(f"SELECT DISTINCT e.* FROM {name} e JOIN _rows r ON {cond} "
+                              f"ORDER BY {order}").to_arrow_table()
             if records.num_rows:
                 pq.write_table(records, out / f"dimension_{name}.parquet")
                 manifest["elements"].append(name)
