@@ -57,6 +57,47 @@ def make_guess_wcs(true_wcs: WCS, offset_arcsec=(3.0, 0.0), rot_deg=0.2) -> WCS:
     return g
 
 
+def make_camera_wcs(ra0=150.0, dec0=2.0, rot_deg=30.0, crpix=(-60.0, 2110.0), scale_arcsec=0.2,
+                    k_px=1e-11, ap_bp=True) -> WCS:
+    """Camera-model TAN-SIP WCS as our headers carry it: CRPIX at the optical axis (0-based
+    ``crpix``, off the detector by default), CRVAL the boresight, radial cubic SIP
+    ``(u, v)(1 + k_px (u^2 + v^2))`` (the demo camera has k_px = 1e-11: 0.3 px at 3000 px)."""
+    th = np.radians(rot_deg)
+    rot = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+    a = np.zeros((4, 4))
+    b = np.zeros((4, 4))
+    a[3, 0] = a[1, 2] = b[2, 1] = b[0, 3] = k_px
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN-SIP", "DEC--TAN-SIP"]
+    w.wcs.crpix = [crpix[0] + 1.0, crpix[1] + 1.0]
+    w.wcs.crval = [ra0, dec0]
+    w.wcs.cd = scale_arcsec / 3600.0 * rot @ np.diag([-1.0, 1.0])
+    w.sip = Sip(a, b, None, None, w.wcs.crpix)
+    w.wcs.set()
+    if ap_bp:   # an inverse as a camera model provides: fitted, good to ~1e-6 px
+        from processing.algorithms.wcs_fit import _fit_inverse
+        gx, gy = np.meshgrid(np.linspace(-300, 2350, 40) - crpix[0],
+                             np.linspace(-300, 2350, 40) - crpix[1])
+        ap, bp, _ = _fit_inverse(a, b, 5, gx.ravel(), gy.ravel(), 3000.0)
+        w.sip = Sip(a, b, ap, bp, w.wcs.crpix)
+        w.wcs.set()
+    return w
+
+
+def make_header_wcs(true_wcs: WCS, offset_arcsec=(0.8, -0.6), rot_deg=0.15) -> WCS:
+    """The header WCS of a camera model: the true distortion and CRPIX, the pointing off by
+    ``offset_arcsec`` (east, north) and the rotation (about the optical axis) by ``rot_deg``."""
+    g = true_wcs.deepcopy()
+    ra0, dec0 = true_wcs.wcs.crval
+    g.wcs.crval = [ra0 + offset_arcsec[0] / 3600.0 / np.cos(np.radians(dec0)),
+                   dec0 + offset_arcsec[1] / 3600.0]
+    th = np.radians(rot_deg)
+    rot = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+    g.wcs.cd = rot @ true_wcs.wcs.cd
+    g.wcs.set()
+    return g
+
+
 @dataclass
 class Scene:
     bbox: Box
