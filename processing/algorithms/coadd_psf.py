@@ -5,22 +5,29 @@ that covers it contributes its own PSF, evaluated at the corresponding input
 position and warped through the local affine approximation of the WCS pair
 (:func:`warped_psf_kernel`); the coadd PSF is ``sum w_c K_c / sum w_c`` on the
 union of the component stamps, renormalised to sum 1 (:func:`combine_psf_kernels`).
-A coadd PSF over a whole patch is tabulated on a grid of positions as a
-:class:`store.psf.GridPsf` (:func:`build_grid_psf`).
+A coadd's PSF is the union of its warps' per-detector components, each with
+its valid polygon (:func:`combine_coadd_psfs`, a
+:class:`~store.coadd_psf.CoaddPsf`), so that it is
+evaluated from exactly the inputs covering a position; a PSF can also be
+tabulated on a grid of positions as a :class:`store.psf.GridPsf`
+(:func:`build_grid_psf`).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from store.coadd_psf import CoaddPsf
 from store.geom import Box
 from store.psf import GridPsf, Psf
 
 from .warp import warp_psf_kernel
 
-__all__ = ["build_grid_psf", "combine_psf_kernels", "psf_grid_centers", "warped_psf_kernel"]
+__all__ = ["build_grid_psf", "combine_coadd_psfs", "combine_psf_kernels", "psf_grid_centers",
+           "warped_psf_kernel"]
 
 
 def combine_psf_kernels(kernels: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
@@ -147,3 +154,67 @@ def build_grid_psf(
     if kernels.shape[:2] != (n_y, n_x):
         raise ValueError(f"kernels must have shape ({n_y}, {n_x}, k, k), got {kernels.shape}")
     return GridPsf(kernels, xc, yc, mode=mode)
+
+
+def combine_coadd_psfs(psfs: Sequence[Psf], weights: Sequence[float], bbox: Box, *,
+                       n_grid: int = 5) -> CoaddPsf:
+    """The PSF of a coadd of warps: every warp's components with the warp's weight.
+
+    Parameters
+    ----------
+    psfs : sequence of store.psf.Psf
+        The warps' PSFs in the coadd frame.  A :class:`CoaddPsf` (one component
+        per detector, from make_warp) contributes each component with its
+        polygon and ``weight x component weight``; any other PSF counts as one
+        component valid over the whole ``bbox`` (with a warning: it has no
+        valid region, so it is used even where the warp has no data).
+    weights : sequence of float
+        The warps' coadd weights (positive).
+    bbox : Box
+        The coadd box, pixels.
+    n_grid : int
+        Nodes per side of every component's grid: components tabulated on
+        another grid are re-tabulated (bilinear) over the same span.
+
+    Returns
+    -------
+    CoaddPsf
+        Kernels of the largest input size (smaller ones zero-padded).
+    """
+    weights = np.asarray(weights, dtype=float).reshape(-1)
+    if len(psfs) == 0 or weights.size != len(psfs):
+        raise ValueError(f"need one weight per PSF and at least one PSF, got {len(psfs)} PSFs "
+                         f"and {weights.size} weights")
+    if not np.all(np.isfinite(weights) & (weights > 0)):
+        raise ValueError(f"weights must be finite and > 0, got {weights.tolist()}")
+    parts = []  # (kernels (ny, nx, k, k), x centres, y centres, weight, polygon)
+    n_plain = 0
+    for psf, w in zip(psfs, weights, strict=True):
+        if isinstance(psf, CoaddPsf):
+            for c in range(psf.n_components):
+                parts.append((psf.kernels[c], psf.x_centers[c], psf.y_centers[c],
+                              w * psf.weights[c], psf.polygons[c]))
+            continue
+        n_plain += 1
+        xc, yc = psf_grid_centers(bbox, n_grid, n_grid)
+        kernels = np.array([[psf.kernel_image(float(x), float(y)) for x in xc] for y in yc])
+        (xa, ya), (xb, yb) = bbox.corners()[0], bbox.corners()[2]
+        outline = np.array([[xa, ya], [xb, ya], [xb, yb], [xa, yb]], dtype=float)
+        parts.append((kernels, xc, yc, w, outline))
+    if n_plain:
+        warnings.warn(f"{n_plain} of {len(psfs)} input PSFs have no valid polygons (not a "
+                      f"CoaddPsf: warps made before per-detector PSFs?); they count everywhere "
+                      f"in {bbox}", stacklevel=2)
+    size = max(p[0].shape[-1] for p in parts)
+    kernels = np.zeros((len(parts), n_grid, n_grid, size, size), dtype=np.float32)
+    xcs, ycs = np.empty((len(parts), n_grid)), np.empty((len(parts), n_grid))
+    for c, (kern, xc, yc, _, _) in enumerate(parts):
+        if kern.shape[:2] != (n_grid, n_grid):
+            grid = GridPsf(kern, xc, yc)
+            xc = np.linspace(xc[0], xc[-1], n_grid)
+            yc = np.linspace(yc[0], yc[-1], n_grid)
+            kern = np.array([[grid.kernel_image(float(x), float(y)) for x in xc] for y in yc])
+        pad = (size - kern.shape[-1]) // 2
+        kernels[c, :, :, pad:size - pad, pad:size - pad] = kern
+        xcs[c], ycs[c] = xc, yc
+    return CoaddPsf(kernels, xcs, ycs, [p[3] for p in parts], [p[4] for p in parts])

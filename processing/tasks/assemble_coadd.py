@@ -2,7 +2,7 @@
 
 Rubin's ``AssembleCoaddTask`` / ``CompareWarpAssembleCoaddTask``
 (``reference/algorithms.md`` 3.1-3.7, A.1-A.8), writing ``deep_coadd`` (an
-Exposure in nJy on the patch outer box, tract WCS, GridPsf), ``deep_coadd_n_image``,
+Exposure in nJy on the patch outer box, tract WCS, CoaddPsf), ``deep_coadd_n_image``,
 ``deep_coadd_visit_selection`` (the coadd-input query's rows with each visit's
 weight) and, for SAFECLIP, ``compare_warp_artifact_mask`` per visit (the warp's
 mask with the artefacts set CLIPPED, for the cell coadds).
@@ -25,8 +25,10 @@ mask with the artefacts set CLIPPED, for the cell coadds).
    (default): artefacts found by :func:`processing.algorithms.artifacts.find_artifacts`
    on the strip grown by ``artifact_margin`` rows are set CLIPPED in their
    warps, then a MEAN with CLIPPED as a bad bit.
-5. **Coadd PSF** (3.7): a GridPsf whose node kernels are the weighted mean of
-   the PSFs of the warps that have an accepted pixel at the node.
+5. **Coadd PSF** (3.7): a :class:`~store.coadd_psf.CoaddPsf`,
+   the union of the warps' per-detector components (valid polygon, PSF on a
+   grid) with the warps' weights, so that at any position it is the weighted
+   mean of the PSFs of the inputs covering it.
 6. NO_DATA where the variance is 0 (A.5), then NO_DATA pixels interpolated
    (A.8) and non-positive variances set to +inf.
 """
@@ -43,14 +45,14 @@ import numpy as np
 import pyarrow as pa
 
 from store.calib import PhotoCalib
+from store.coadd_psf import CoaddPsf
 from store.errors import DrpError, NoWorkFound
 from store.exposure import Exposure, VisitInfo
 from store.geom import Box
 from store.masks import bits
-from store.psf import GridPsf
 
 from ..algorithms.artifacts import ArtifactConfig, find_artifacts
-from ..algorithms.coadd_psf import combine_psf_kernels, psf_grid_centers
+from ..algorithms.coadd_psf import combine_coadd_psfs
 from ..algorithms.interpolate import interpolate_masked
 from ..algorithms.stack import DEFAULT_BAD_MASK_PLANES, rejected_mask_map, set_coadd_edge_bits
 from ..algorithms.stack_kernels import stack_block
@@ -97,7 +99,8 @@ class AssembleCoaddConfig:
     do_interp : bool
         Interpolate NO_DATA pixels [doInterp].
     psf_grid : int
-        Nodes per side of the coadd GridPsf.
+        Nodes per side of the PSF grid of each coadd PSF component (warps whose
+        components use another grid are re-tabulated).
     memory_budget_mb : float
         Working memory of the strip buffers, MB.
     write_artifact_masks : bool
@@ -250,8 +253,7 @@ class AssembleCoaddTask(PipelineTask):
         weights = np.asarray(weights)
         stack = _StripStacker(self.config, [sources[k] for k in keys], weights, patch_bbox, bad)
         out = stack.run()
-        psf = self._coadd_psf([sources[k] for k in keys], weights, stack.node_accepted,
-                              patch_bbox)
+        psf = self._coadd_psf([sources[k] for k in keys], weights, patch_bbox)
         image, variance, mask = out["image"], out["variance"], out["mask"]
         set_coadd_edge_bits(mask, variance)
         if cfg.do_interp:
@@ -286,27 +288,10 @@ class AssembleCoaddTask(PipelineTask):
                                               self.config.clip_iter)
         return 1.0 / mean_var if np.isfinite(mean_var) and mean_var > 0 else float("nan")
 
-    def _coadd_psf(self, sources, weights, accepted: np.ndarray, box: Box) -> GridPsf:
-        n = self.config.psf_grid
-        xc, yc = psf_grid_centers(box, n, n)
-        kernels = [[None] * n for _ in range(n)]
-        size = 1
-        for j, y in enumerate(yc):
-            for i, x in enumerate(xc):
-                use = np.flatnonzero(accepted[j, i])
-                if use.size == 0:
-                    use = np.arange(len(sources))
-                k = combine_psf_kernels([sources[u].psf.kernel_image(float(x), float(y))
-                                         for u in use], weights[use])
-                kernels[j][i] = k
-                size = max(size, k.shape[0])
-        grid = np.zeros((n, n, size, size))
-        for j in range(n):
-            for i in range(n):
-                k = kernels[j][i]
-                pad = (size - k.shape[0]) // 2
-                grid[j, i, pad:size - pad, pad:size - pad] = k
-        return GridPsf(grid, xc, yc)
+    def _coadd_psf(self, sources, weights, box: Box) -> CoaddPsf:
+        """The union of the warps' PSF components, each weighted by its warp's weight (3.7)."""
+        return combine_coadd_psfs([s.psf for s in sources], weights, box,
+                                  n_grid=self.config.psf_grid)
 
 
 def _as_source(value) -> WarpSource:
@@ -373,10 +358,6 @@ class _StripStacker:
         self.rows = int(np.clip(rows, 16, box.height))
         cx, cy = box.center
         self.moments = np.array([_psf_moments(s.psf, cx, cy) for s in sources])
-        xc, yc = psf_grid_centers(box, config.psf_grid, config.psf_grid)
-        self.node_x = np.clip(np.floor(xc + 0.5).astype(int) - box.x0, 0, box.width - 1)
-        self.node_y = np.clip(np.floor(yc + 0.5).astype(int) - box.y0, 0, box.height - 1)
-        self.node_accepted = np.zeros((len(yc), len(xc), n), dtype=bool)
         self.spans: list[list[np.ndarray]] = [[] for _ in sources]
         self.n_clipped_pixels = 0
 
@@ -409,7 +390,6 @@ class _StripStacker:
             if remove is not None:
                 np.bitwise_and(ms, remove, out=ms)
             a, z = inner.y0 - grown.y0, inner.y1 - grown.y0
-            self._record_nodes(inner, xs[:, a:z], vs[:, a:z], ms[:, a:z])
             if self.safe:
                 found = find_artifacts(xs, vs, ms, self.weights, self.moments, bad_mask=self.bad,
                                        config=cfg.artifacts)
@@ -429,16 +409,6 @@ class _StripStacker:
             out["mask"][rows] = res.mask
             out["n_image"][rows] = res.n_image
         return out
-
-    def _record_nodes(self, inner: Box, x, v, m) -> None:
-        rows = np.flatnonzero((self.node_y >= inner.y0 - self.box.y0)
-                              & (self.node_y < inner.y1 - self.box.y0))
-        for j in rows:
-            r = self.node_y[j] - (inner.y0 - self.box.y0)
-            cols = self.node_x
-            ok = (np.isfinite(x[:, r, cols]) & np.isfinite(v[:, r, cols])
-                  & ((m[:, r, cols] & self.bad) == 0))
-            self.node_accepted[j] = ok.T
 
 
 def _runs(clip: np.ndarray, y0: int) -> np.ndarray:

@@ -27,10 +27,13 @@ For each selected detector, in detector order:
    that is not positive and finite) with a bilinear kernel into the masked
    fraction image.
 
-The warp's PSF is a :class:`store.psf.GridPsf` over the target box: at each of
-``psf_grid x psf_grid`` nodes, the PSF of the detector whose pixels were pasted
-there (the nearest detector where none was), evaluated at the corresponding
-detector position and warped through the local Jacobian of the WCS pair.  The
+The warp's PSF is a :class:`~store.coadd_psf.CoaddPsf` with
+one component per detector: the detector's valid region (its box less the
+Lanczos kernel's reach, outline mapped to tract pixels) and its PSF evaluated at
+the corresponding detector positions of ``psf_grid x psf_grid`` nodes over the
+part of the target box it covers, warped through the local Jacobian of the WCS
+pair.  A position is thus given the PSF of the detector that covers it (the
+coadd combines the components of all its warps the same way).  The
 inputs are recorded in the metadata (``NINPUTS``, ``INPUT_DET<i>``,
 ``INPUT_NGOOD<i>``), with the clipped mean variance used for coadd weights
 (``MEANVAR``, over the patch outer box, 3 sigma x 2 iterations, ignoring the
@@ -54,13 +57,16 @@ import numpy as np
 from scipy import ndimage
 
 from store.calib import PhotoCalib
+from store.coadd_psf import CoaddPsf
 from store.errors import DrpError, NoWorkFound
 from store.exposure import Exposure, ExposureInfo
 from store.geom import Box
 from store.masks import bits
-from store.psf import GridPsf
 
-from ..algorithms.coadd_psf import psf_grid_centers, warped_psf_kernel
+from ..algorithms.cell_psf import warp_psf_kernels
+from ..algorithms.coadd_psf import psf_grid_centers
+from ..algorithms.polygons import box_outline
+from ..algorithms.psf_images import kernel_images
 from ..algorithms.stack import DEFAULT_BAD_MASK_PLANES
 from ..algorithms.stats import clipped_stats
 from ..algorithms.warp import (
@@ -280,7 +286,7 @@ class MakeWarpTask(PipelineTask):
         Returns
         -------
         TaskResult
-            ``warp`` (Exposure, nJy, tract WCS, GridPsf) and ``masked_fraction``
+            ``warp`` (Exposure, nJy, tract WCS, CoaddPsf) and ``masked_fraction``
             (float32 array on the same box, NaN where no detector contributes).
 
         Raises
@@ -302,13 +308,13 @@ class MakeWarpTask(PipelineTask):
             source = visit_images[det]
             source = source if isinstance(source, DetectorInput) else DetectorInput(source)
             comps = self._components(det, source.info(), summary)
-            n_good = self._warp_detector(source, comps, tract_wcs, target, acc, det)
+            n_good = self._warp_detector(source, comps, tract_wcs, target, acc)
             if n_good:
                 used.append((det, n_good, comps))
         if not used:
             raise NoWorkFound(f"no selected detector ({sorted(visit_images)}) has a good pixel "
                               f"in the patch box {patch_bbox}")
-        psf = self._warp_psf(used, acc, tract_wcs, target)
+        psf = self._warp_psf(used, tract_wcs, target)
         first = used[0][2]
         metadata = {"BAND": first.band, "NINPUTS": len(used),
                     "NGOODPIX": int(sum(n for _, n, _ in used))}
@@ -349,7 +355,7 @@ class MakeWarpTask(PipelineTask):
                            info.visit_info, info.band)
 
     def _warp_detector(self, source: DetectorInput, comps, tract_wcs, target: Box,
-                       acc: _Accumulator, det: int) -> int:
+                       acc: _Accumulator) -> int:
         cfg = self.config
         order = cfg.warp.kernel_order
         src_box = _mapped_box(target, tract_wcs, comps.wcs, order + 2, comps.bbox)
@@ -382,32 +388,46 @@ class MakeWarpTask(PipelineTask):
         xs, ys = compute_pixel_mapping(comps.wcs, tract_wcs, dst_box, cfg.warp.interp_length)
         frac = ndimage.map_coordinates(indicator, [ys - src_box.y0, xs - src_box.x0], order=1,
                                        mode="nearest", output=np.float32)
-        acc.paste(dst_box, out, frac, det)
+        acc.paste(dst_box, out, frac)
         return n_good
 
-    def _warp_psf(self, used, acc: _Accumulator, tract_wcs, target: Box) -> GridPsf:
+    def _warp_psf(self, used, tract_wcs, target: Box) -> CoaddPsf:
+        """One CoaddPsf component per detector: its valid polygon and its PSF on a grid."""
         cfg = self.config
         n = cfg.psf_grid
-        xc, yc = psf_grid_centers(target, n, n)
+        order = cfg.warp.kernel_order
         size = cfg.psf_size or max(c.psf.kernel_size for _, _, c in used)
-        comps = {det: c for det, _, c in used}
-        centres = {det: acc.centre_of(det) for det in comps}
-        kernels = np.empty((n, n, size, size))
-        for j, y in enumerate(yc):
-            for i, x in enumerate(xc):
-                det = acc.detector_at(x, y)
-                if det is None or det not in comps:  # no data here: nearest contributor
-                    det = min(centres, key=lambda d: (centres[d][0] - x) ** 2
-                              + (centres[d][1] - y) ** 2)
-                c = comps[det]
-                xs, ys = transform_pixels(c.wcs, tract_wcs, x, y)
-                b = c.bbox
-                xs = float(np.clip(xs, b.x0, b.x1 - 1))
-                ys = float(np.clip(ys, b.y0, b.y1 - 1))
-                jac = local_jacobian(c.wcs, tract_wcs, x, y)
-                kernels[j, i] = warped_psf_kernel(c.psf, xs, ys, jac, size=size,
-                                                  order=cfg.warp.kernel_order)
-        return GridPsf(kernels, xc, yc)
+        kernels, xcs, ycs, polygons = [], [], [], []
+        for _, _, c in used:
+            b = c.bbox
+            # The warped detector's good pixels: its box less the Lanczos kernel's reach.
+            ox, oy = box_outline(b.x0 + order - 1, b.y0 + order - 1, b.x1 - order, b.y1 - order)
+            px, py = transform_pixels(tract_wcs, c.wcs, ox, oy)
+            polygons.append(np.column_stack([px, py]))
+            region = _polygon_box(px, py, target)
+            xc, yc = psf_grid_centers(region, n, n)
+            gx, gy = (a.ravel() for a in np.meshgrid(xc, yc))
+            xs, ys = transform_pixels(c.wcs, tract_wcs, gx, gy)
+            xs = np.clip(xs, b.x0, b.x1 - 1)
+            ys = np.clip(ys, b.y0, b.y1 - 1)
+            jac = local_jacobian(c.wcs, tract_wcs, gx, gy)
+            stamps = warp_psf_kernels(kernel_images(c.psf, xs, ys), jac, size=size, order=order)
+            kernels.append(stamps.reshape(n, n, size, size))
+            xcs.append(xc)
+            ycs.append(yc)
+        return CoaddPsf(np.array(kernels), np.array(xcs), np.array(ycs), np.ones(len(used)),
+                        polygons)
+
+
+def _polygon_box(x: np.ndarray, y: np.ndarray, clip: Box) -> Box:
+    """The pixels of ``clip`` spanned by a polygon's vertices (``clip`` if they miss it)."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    if not ok.any():
+        return clip
+    box = Box.from_minmax(int(np.floor(x[ok].min() + 0.5)), int(np.floor(y[ok].min() + 0.5)),
+                          int(np.floor(x[ok].max() + 0.5)), int(np.floor(y[ok].max() + 0.5)))
+    inside = box.intersection(clip)
+    return clip if inside.is_empty else inside
 
 
 @dataclass
@@ -421,7 +441,7 @@ class _Components:
 
 
 class _Accumulator:
-    """The warp being built: planes on the target box and which detector owns each pixel."""
+    """The warp being built: its planes on the target box."""
 
     def __init__(self, box: Box):
         self.box = box
@@ -429,24 +449,11 @@ class _Accumulator:
         self.variance = np.full(box.shape, np.inf, np.float32)
         self.mask = np.full(box.shape, bits("NO_DATA"), np.int32)
         self.masked_fraction = np.full(box.shape, np.nan, np.float32)
-        self.owner = np.full(box.shape, -1, np.int32)
 
-    def paste(self, dst_box: Box, out, frac: np.ndarray, det: int) -> None:
+    def paste(self, dst_box: Box, out, frac: np.ndarray) -> None:
         rows, cols = dst_box.slices_in(self.box)
         good = out.good
         for plane, values in ((self.image, out.image), (self.variance, out.variance),
                               (self.mask, out.mask), (self.masked_fraction, frac)):
             view = plane[rows, cols]
             view[good] = values[good]
-        self.owner[rows, cols][good] = det
-
-    def detector_at(self, x: float, y: float) -> int | None:
-        ix, iy = int(np.floor(x + 0.5)) - self.box.x0, int(np.floor(y + 0.5)) - self.box.y0
-        if not (0 <= iy < self.box.height and 0 <= ix < self.box.width):
-            return None
-        det = int(self.owner[iy, ix])
-        return None if det < 0 else det
-
-    def centre_of(self, det: int) -> tuple[float, float]:
-        ys, xs = np.nonzero(self.owner == det)
-        return (float(xs.mean()) + self.box.x0, float(ys.mean()) + self.box.y0)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import coadd_psf as _coadd_psf  # noqa: F401  (registers PSFTYPE 'COADD')
 from ..calib import ApCorrMap, PhotoCalib
 from ..errors import FormatError
 from ..exposure import DetectorInfo, Exposure, ExposureInfo, VisitInfo

@@ -189,10 +189,19 @@ def _clipped_near_stars(coadd, truth, band, idx, ax, ay, fwhm, points) -> np.nda
 
 
 def _psf_nodes(repo, coadd, truth, sel, sizes, n_image_ref):
-    """PSF errors at the GridPsf nodes whose true input count equals the coadd's N image."""
+    """PSF errors at the PSF nodes whose true input count equals the coadd's N image.
+
+    The nodes of a GridPsf, or a 9 x 9 grid over the coadd for a PSF evaluated
+    anywhere (CoaddPsf).
+    """
+    from processing.algorithms.coadd_psf import psf_grid_centers
     from processing.algorithms.moments import psf_moments
 
-    nx, ny = (a.ravel() for a in np.meshgrid(coadd.psf.x_centers, coadd.psf.y_centers))
+    if np.ndim(getattr(coadd.psf, "x_centers", None)) == 1:
+        xc, yc = coadd.psf.x_centers, coadd.psf.y_centers
+    else:
+        xc, yc = psf_grid_centers(coadd.bbox, 9, 9)
+    nx, ny = (a.ravel() for a in np.meshgrid(xc, yc))
     ra, dec = coadd.wcs.all_pix2world(nx, ny, 0)
     inputs, gx, gy, groups = [], [], [], []
     for v, d, wt, u in zip(sel["visit"], sel["detector"], sel["weight"], sel["used"],
@@ -272,7 +281,7 @@ def coadd_figures(repo, collection: str, truth, max_patches: int | None = None,
         for kind, t in _artefact_tally(repo, collection, coadd, did, truth.instrument, points,
                                        n_image_ref).items():
             art[kind] = art.get(kind, 0) + t
-        if sel is not None and hasattr(coadd.psf, "x_centers"):
+        if sel is not None and coadd.psf is not None:
             errs, skipped = _psf_nodes(repo, coadd, truth, sel, sizes, n_image_ref)
             skipped_nodes += skipped
             for k, e in (errs or {}).items():
@@ -331,10 +340,11 @@ def _summarise(n_patches, ratios, flagged, aperture, per_patch, noise, near, art
             note="safe-clip decides nothing where fewer than 3 inputs overlap; "
                  "'repaired' = CR plane set in the warp (interpolated by calibrate)")
     out["artefact_exclusion"] = kinds or {"reason": "no satellite or cosmic ray in the inputs"}
-    out.update(psf_figures(_cat(psf_err["mean"]), _cat(psf_err["mix"]), "GridPsf node"))
+    out.update(psf_figures(_cat(psf_err["mean"]), _cat(psf_err["mix"]), "PSF node"))
     for key in ("psf_moments_vs_mean_of_true_moments", "psf_moments_vs_moments_of_mean_true_psf"):
         out[key]["n_nodes_without_inputs"] = int(skipped[0])
         out[key]["n_nodes_input_count_differs"] = int(skipped[1])
-        out[key]["nodes"] = ("GridPsf nodes covered by true inputs whose number equals "
-                             "deep_coadd_n_image there (the others are left out)")
+        out[key]["nodes"] = ("PSF nodes (GridPsf nodes, else a 9 x 9 grid) covered by true "
+                             "inputs whose number equals deep_coadd_n_image there (the others "
+                             "are left out)")
     return out
