@@ -165,6 +165,11 @@ def run_demo(directory: str | Path = "demo-repo", *, preset: str = "demo", seed:
     return result
 
 
+def _num(value, decimals: int) -> str:
+    """A float with a fixed number of decimals ('nan' for a missing value)."""
+    return "nan" if value is None else f"{value:.{decimals}f}"
+
+
 def format_result(result: DemoResult) -> str:
     """The closing summary printed by ``drp demo``."""
     lines = ["", f"drp demo finished in {result.timings.get('total', 0):.0f} s", "",
@@ -173,8 +178,9 @@ def format_result(result: DemoResult) -> str:
     if result.per_band:
         lines += ["", "per band (medians over detectors):",
                   "  band  visits  seeing[\"]  depth(5sigma)  zeroPoint"]
-        lines += [f"  {r['band']:<4}  {r['visits']:>6}  {r['seeing']:>9}  {r['magLim']:>13}  "
-                  f"{r['zeroPoint']:>9}" for r in result.per_band]
+        lines += [f"  {r['band']:<4}  {r['visits']:>6}  {_num(r['seeing'], 3):>9}  "
+                  f"{_num(r['magLim'], 2):>13}  {_num(r['zeroPoint'], 3):>9}"
+                  for r in result.per_band]
     lines += ["", f"repository: {result.repo}"]
     if result.release:
         lines.append(f"release:    {result.release}")
