@@ -299,7 +299,7 @@ def _summarise(n_patches, ratios, flagged, aperture, per_patch, noise, near, art
     out: dict = {"n_patches": n_patches}
     out["psf_flux_ratio"] = flux_figure(
         _cat(ratios), _cat(flagged), "< 0.01 (|median PSF flux / true flux - 1|)", 0.01,
-        "forced PSF fit (pipeline psf_flux, coadd GridPsf) at the true positions of isolated "
+        "forced PSF fit (pipeline psf_flux, the coadd PSF) at the true positions of isolated "
         "true stars with S/N > 100, no BAD/SAT/NO_DATA in the stamp; stars with CLIPPED, "
         "REJECTED or INEXACT_PSF within 8 px are left out; no aperture correction",
         aperture_r20_median_ratio=float(np.median(_cat(aperture))) if _cat(aperture).size
