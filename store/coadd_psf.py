@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from store.psf import Psf
+from store.psf import Psf, bilinear_kernel
 
 __all__ = ["CoaddPsf", "points_in_polygon"]
 
@@ -89,15 +89,6 @@ def _distance_to_polygon(px: float, py: float, vx: np.ndarray, vy: np.ndarray) -
         t = np.clip(((px - x1) * dx + (py - y1) * dy) / length2, 0.0, 1.0)
     t = np.where(length2 > 0, t, 0.0)
     return float(np.min(np.hypot(x1 + t * dx - px, y1 + t * dy - py)))
-
-
-def _locate(centers: np.ndarray, v: float) -> tuple[int, int, float]:
-    """Bracketing nodes and fraction along the axis (clamped at the ends)."""
-    if centers.size == 1:
-        return 0, 0, 0.0
-    i = int(np.clip(np.searchsorted(centers, v) - 1, 0, centers.size - 2))
-    t = float(np.clip((v - centers[i]) / (centers[i + 1] - centers[i]), 0.0, 1.0))
-    return i, i + 1, t
 
 
 class CoaddPsf(Psf):
@@ -195,14 +186,7 @@ class CoaddPsf(Psf):
 
     def component_kernel(self, c: int, x: float, y: float) -> np.ndarray:
         """Component ``c``'s kernel at ``(x, y)``: bilinear between its nodes, not normalised."""
-        i0, i1, tx = _locate(self.x_centers[c], x)
-        j0, j1, ty = _locate(self.y_centers[c], y)
-        im = self.kernels[c]
-        out = (1 - tx) * (1 - ty) * im[j0, i0].astype(float)
-        out += tx * (1 - ty) * im[j0, i1]
-        out += (1 - tx) * ty * im[j1, i0]
-        out += tx * ty * im[j1, i1]
-        return out
+        return bilinear_kernel(self.kernels[c], self.x_centers[c], self.y_centers[c], x, y)
 
     def kernel_image(self, x: float, y: float) -> np.ndarray:
         x, y = float(x), float(y)

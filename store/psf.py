@@ -26,6 +26,7 @@ __all__ = [
     "GridPsf",
     "PixelBasisPsf",
     "Psf",
+    "bilinear_kernel",
     "polynomial_terms",
     "psf_from_hdu",
 ]
@@ -119,6 +120,42 @@ def psf_from_hdu(hdu) -> Psf:
     except KeyError:
         raise ValueError(f"unknown PSFTYPE {kind!r} in PSF HDU") from None
     return cls._from_hdu(hdu)
+
+
+def _locate(centers: np.ndarray, v: float) -> tuple[int, int, float]:
+    """Bracketing nodes and fraction along one axis (clamped at the ends)."""
+    if centers.size == 1:
+        return 0, 0, 0.0
+    i = int(np.clip(np.searchsorted(centers, v) - 1, 0, centers.size - 2))
+    t = float(np.clip((v - centers[i]) / (centers[i + 1] - centers[i]), 0.0, 1.0))
+    return i, i + 1, t
+
+
+def bilinear_kernel(images: np.ndarray, x_centers: np.ndarray, y_centers: np.ndarray,
+                    x: float, y: float) -> np.ndarray:
+    """Kernel at ``(x, y)`` interpolated between the four surrounding grid nodes.
+
+    Parameters
+    ----------
+    images : numpy.ndarray
+        ``(ny, nx, k, k)`` node kernels.
+    x_centers, y_centers : numpy.ndarray
+        Increasing node positions, pixels (``(nx,)`` and ``(ny,)``).
+    x, y : float
+        Position, pixels; clamped to the grid's span.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(k, k)`` float64 kernel, not normalised.
+    """
+    i0, i1, tx = _locate(x_centers, x)
+    j0, j1, ty = _locate(y_centers, y)
+    out = (1 - tx) * (1 - ty) * images[j0, i0].astype(float)
+    out += tx * (1 - ty) * images[j0, i1]
+    out += (1 - tx) * ty * images[j1, i0]
+    out += tx * ty * images[j1, i1]
+    return out
 
 
 def _normalise(kernel: np.ndarray) -> np.ndarray:
@@ -307,25 +344,12 @@ class GridPsf(Psf):
     def kernel_size(self) -> int:
         return self.images.shape[2]
 
-    @staticmethod
-    def _locate(centers: np.ndarray, v: float) -> tuple[int, int, float]:
-        if centers.size == 1:
-            return 0, 0, 0.0
-        i = int(np.clip(np.searchsorted(centers, v) - 1, 0, centers.size - 2))
-        t = float(np.clip((v - centers[i]) / (centers[i + 1] - centers[i]), 0.0, 1.0))
-        return i, i + 1, t
-
     def kernel_image(self, x: float, y: float) -> np.ndarray:
         if self.mode == "nearest":
             i = int(np.argmin(np.abs(self.x_centers - x)))
             j = int(np.argmin(np.abs(self.y_centers - y)))
             return _normalise(self.images[j, i].copy())
-        i0, i1, tx = self._locate(self.x_centers, x)
-        j0, j1, ty = self._locate(self.y_centers, y)
-        im = self.images
-        kernel = ((1 - tx) * (1 - ty) * im[j0, i0] + tx * (1 - ty) * im[j0, i1]
-                  + (1 - tx) * ty * im[j1, i0] + tx * ty * im[j1, i1])
-        return _normalise(kernel)
+        return _normalise(bilinear_kernel(self.images, self.x_centers, self.y_centers, x, y))
 
     def to_hdu(self):
         from astropy.io import fits
