@@ -264,23 +264,9 @@ def atomic_write(path: Path, write: Callable[[Any], None], *, durable: bool = Tr
     durable : bool
         fsync the file before the rename.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         raise FileExistsError(f"{path} already exists; refusing to overwrite a dataset file")
-    tmp = path.with_name(f"{path.name}{TMP_MARKER}{uuid.uuid4().hex[:12]}")
-    try:
-        with open(tmp, "wb") as raw:
-            writer = HashingWriter(raw)
-            write(writer)
-            raw.flush()
-            if durable:
-                os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    return writer.size, writer.hexdigest()
+    return atomic_replace(path, write, durable=durable)
 
 
 def atomic_replace(path: Path, write: Callable[[Any], None], *, durable: bool = True
