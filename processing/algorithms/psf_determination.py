@@ -110,6 +110,10 @@ class PsfDeterminationConfig:
         Stars with reduced chi^2 above median + this many robust sigmas are rejected.
     min_stars_per_term : float
         Lower the degree until there are this many stars per polynomial coefficient.
+        The fit is noise-limited with the few tens of stars of a 2k x 2k detector at
+        high latitude: on 24 demo detector-visits (~18 stars each) 4 rather than 3
+        (degree 1 instead of 2) took the largest moment error on a 5 x 5 grid from
+        2.4 % to 2.2 % (median) and at reserved stars from 0.88 % to 0.75 % (median).
     wing_radius : float
         Beyond this elliptical radius, in units of the local PSF sigma (the
         core's adaptive moments), the model is *self-similar*: one radial
@@ -134,7 +138,7 @@ class PsfDeterminationConfig:
     bad_mask_planes: tuple[str, ...] = ("BAD", "SAT", "CR", "INTRP", "NO_DATA", "SUSPECT", "EDGE")
     n_iter: int = 3
     reject_n_sigma: float = 4.0
-    min_stars_per_term: float = 3.0
+    min_stars_per_term: float = 4.0
     wing_radius: float = 3.5
     wing_knots: int = 10
 
