@@ -7,8 +7,10 @@ import pytest
 
 from processing.algorithms.apcorr import (
     apply_aperture_correction,
+    curve_of_growth_correction,
     fit_aperture_correction,
     measure_aperture_corrections,
+    scale_aperture_corrections,
 )
 from processing.algorithms.measure import measure_sources
 from store.calib import ApCorrMap
@@ -100,3 +102,42 @@ def test_missing_entry_flags_and_leaves_flux(measured):
 def test_fit_without_valid_stars_raises():
     with pytest.raises(ValueError, match="no star with finite positive fluxes"):
         fit_aperture_correction([1.0], [1.0], [-5.0], [1.0], [3.0], [1.0], (0, 0, 10, 10))
+
+
+def test_curve_of_growth_carries_corrected_fluxes_to_total(measured):
+    table, flux = measured
+    stars = np.ones(table.num_rows, dtype=bool)
+    growth = curve_of_growth_correction(table, stars, reference="apFlux_17_0")
+    assert growth.aperture == "apFlux_50_0" and growth.n_stars >= 5
+    # The stars are rendered out to 36 px: the 50-px aperture holds their whole flux.
+    want = 1.0 / enclosed_fraction(17.0, FWHM, BETA)
+    assert abs(growth.factor - want) < max(3 * growth.error, 5e-4)
+    ap_map = measure_aperture_corrections(table, stars, BBOX, reference="apFlux_17_0")
+    total = apply_aperture_correction(table, scale_aperture_corrections(ap_map, growth.factor))
+    ratio = np.median(total.column("psfFlux_instFlux").to_numpy() / flux)
+    assert abs(ratio - 1.0) < 0.0015
+    # the error field keeps its relative size
+    scaled = scale_aperture_corrections(ap_map, 2.0)
+    assert scaled["base_PsfFlux_instFluxErr"].evaluate(5, 5) == pytest.approx(
+        2 * ap_map["base_PsfFlux_instFluxErr"].evaluate(5, 5))
+
+
+def test_curve_of_growth_clips_neighbours_and_falls_back():
+    import pyarrow as pa
+
+    rng = np.random.default_rng(4)
+    n = 40
+    ref = rng.uniform(1e5, 1e6, n)
+    err = 0.002 * ref
+    big = ref * 1.01 + err * rng.normal(size=n)
+    big[:6] *= 1.05  # a neighbour inside the large aperture only adds light
+    table = pa.table({"apFlux_17_0_instFlux": ref, "apFlux_50_0_instFlux": big,
+                      "apFlux_50_0_instFluxErr": err})
+    growth = curve_of_growth_correction(table, np.ones(n, bool))
+    assert growth.n_stars <= n - 6
+    assert growth.factor == pytest.approx(1.01, abs=3 * growth.error + 1e-4)
+    # too noisy, or no star selected: no correction, and it says so
+    noisy = table.set_column(2, "apFlux_50_0_instFluxErr", pa.array(0.05 * ref))
+    for t, sel in ((noisy, np.ones(n, bool)), (table, np.zeros(n, bool))):
+        none = curve_of_growth_correction(t, sel)
+        assert (none.factor, none.n_stars, none.aperture) == (1.0, 0, None)

@@ -45,7 +45,12 @@ from store.masks import bits
 from store.psf import GaussianPsf
 from store.sphgeom import radec_to_xyz
 
-from ..algorithms.apcorr import apply_aperture_correction, measure_aperture_corrections
+from ..algorithms.apcorr import (
+    apply_aperture_correction,
+    curve_of_growth_correction,
+    measure_aperture_corrections,
+    scale_aperture_corrections,
+)
 from ..algorithms.astrometry import AstrometryConfig, solve_astrometry
 from ..algorithms.background import BackgroundConfig, BackgroundList, estimate_background
 from ..algorithms.cosmic_rays import CosmicRayConfig, repair_cosmic_rays
@@ -97,8 +102,7 @@ class CalibrateConfig:
     #: 3 stars per term gives median |dI/I| 0.37%, worst 4.4%; 6 per term (degree 0 or 1
     #: with the demo's 10-30 PSF stars) median 0.39% but worst 7.2% (a constant PSF
     #: misses the ~6% size variation across a detector).
-    psf: PsfDeterminationConfig = field(
-        default_factory=lambda: PsfDeterminationConfig(min_stars_per_term=3.0))
+    psf: PsfDeterminationConfig = field(default_factory=PsfDeterminationConfig)
     astrometry: AstrometryConfig = field(default_factory=AstrometryConfig)
     photocal: PhotoCalConfig = field(default_factory=PhotoCalConfig)
     #: Detection threshold (sigma) for the PSF-star pass.
@@ -255,6 +259,11 @@ class CalibrateTask(PipelineTask):
             table, flags["calib_psf_used"], bbox_tuple(bbox), reference=cfg.apcorr_reference,
             order=order)
         metadata["apcorr_order"] = order
+        growth = curve_of_growth_correction(table, flags["calib_psf_used"],
+                                            reference=cfg.apcorr_reference)
+        ap_corr_map = scale_aperture_corrections(ap_corr_map, growth.factor)
+        metadata.update(apcorr_to_total=growth.factor, apcorr_to_total_err=growth.error,
+                        apcorr_to_total_n_stars=growth.n_stars)
         table = apply_aperture_correction(table, ap_corr_map)
 
         # 8: astrometry from the header WCS.
