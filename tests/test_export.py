@@ -481,3 +481,27 @@ def test_hats_logging_is_quiet(built, caplog):
         assert verify_release(out).ok
     assert logging.getLogger().handlers == before
     assert os.path.exists(out / "README.md")
+
+
+def test_manifest_reuses_registry_checksums_and_keeps_them_honest(tmp_path):
+    """Verbatim dataset files take the registry's checksum; damage upstream still shows."""
+    from store.datastore import checksum_file
+
+    repo = _build_repo(tmp_path / "repo")
+    coadd = next(iter(repo.query_datasets("deep_coadd")))
+    # Damage a repository file behind the registry's back (same size, other bytes).
+    path = repo.path_of(coadd)
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    export_release(repo, tmp_path / "DR1", collection="DR1",
+                   config=ExportConfig(hats_max_rows=2_000, durable=False, transfer="hardlink"))
+    manifest = json.loads((tmp_path / "DR1/MANIFEST.json").read_text())
+    entries = {f["path"]: f for f in manifest["files"]}
+    rel = next(p for p in entries if p.endswith(path.name))
+    assert entries[rel]["checksum"] == coadd.checksum != checksum_file(path)[1]
+    # Files the export wrote itself are hashed as usual.
+    assert entries["catalogs/Source.parquet"]["checksum"] == checksum_file(
+        tmp_path / "DR1/catalogs/Source.parquet")[1]
+    report = verify_release(tmp_path / "DR1")
+    assert report.corrupt == [rel] and not report.ok

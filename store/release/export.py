@@ -246,8 +246,12 @@ def export_release(repo, target: str | os.PathLike, *, collection: str | None = 
             export_datasets(repo, list(refs.values()), tmp / DATASETS_DIR,
                             transfer=config.transfer)
             access = _bundle_paths(r for _, r in images)
+            placed = _bundle_paths(results)
         else:
-            access = _copy_images(repo, images, tmp, config.transfer)
+            access = placed = _copy_images(repo, images, tmp, config.transfer)
+        # Files placed verbatim keep the registry's checksum: no need to read them again.
+        known = {placed[i]: (int(ref.size), ref.checksum) for i, ref in refs.items()
+                 if i in placed and ref.checksum and ref.size is not None}
         timings["datasets"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         image_counts = {spec.dataset_type: len(result) for spec, result in images}
@@ -274,7 +278,7 @@ def export_release(repo, target: str | os.PathLike, *, collection: str | None = 
                                  len(refs) if config.include_datasets else 0, notices)
         (tmp / SCHEMA).write_text(json.dumps({"tables": schemas}, indent=1) + "\n")
         (tmp / README).write_text(readme_text(release))
-        manifest = write_manifest(tmp, release)
+        manifest = write_manifest(tmp, release, known)
         if config.durable:
             os.sync()  # every file on disk before the rename makes the release visible
         timings["manifest"] = time.perf_counter() - t0

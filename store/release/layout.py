@@ -65,14 +65,42 @@ def list_files(root: Path) -> list[str]:
     return sorted(out)
 
 
-def write_manifest(root: Path, release: dict[str, Any]) -> dict[str, Any]:
-    """Checksum every file of the release and write ``MANIFEST.json``; returns it."""
+def write_manifest(root: Path, release: dict[str, Any],
+                   known: dict[str, tuple[int, str]] | None = None) -> dict[str, Any]:
+    """Checksum every file of the release and write ``MANIFEST.json``; returns it.
+
+    Parameters
+    ----------
+    root : pathlib.Path
+        The release directory being written.
+    release : dict
+        The MANIFEST's ``release`` section.
+    known : dict of str to (int, str), optional
+        ``relative path -> (size, checksum)`` of files copied or hard-linked
+        verbatim from a repository whose registry already records them: they
+        are not read again (the manifest then states what the file must hold,
+        so a release verification still catches a copy of a damaged file).
+        A file whose size differs from its record is hashed.
+
+    Returns
+    -------
+    dict
+        The manifest written.
+    """
     from concurrent.futures import ThreadPoolExecutor
+
+    known = known or {}
+
+    def describe(rel: str) -> tuple[int, str]:
+        path = root / rel
+        if rel in known and path.stat().st_size == known[rel][0]:
+            return known[rel]
+        return checksum_file(path)
 
     rels = list_files(root)
     # hashlib releases the GIL on large buffers: two threads hash twice as fast.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        sums = list(pool.map(lambda rel: checksum_file(root / rel), rels))
+        sums = list(pool.map(describe, rels))
     files = [{"path": rel, "size": size, "checksum": checksum}
              for rel, (size, checksum) in zip(rels, sums, strict=True)]
     manifest = {"format": FORMAT, "release": release, "files": files,
