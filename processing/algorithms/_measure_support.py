@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from store.formats.parquet import with_units
 
-from .centroid import cut_stamps
+from ._measure_kernels import add_stamps, clean_into, cut_into, family_image, removed_into
 
 __all__ = [
     "CENTER_FLAGS",
@@ -22,6 +22,7 @@ __all__ = [
     "add_models",
     "aperture_column",
     "column_spec",
+    "cut",
     "embed",
     "empty_columns",
     "family_chunks",
@@ -46,58 +47,52 @@ class Scene:
     """Image planes and neighbour-removal state; cuts cleaned stamps on demand."""
 
     def __init__(self, image, variance, mask, segmentation, ids, family, config):
-        self.image = np.asarray(image, dtype=np.float32)
-        self.variance = np.asarray(variance, dtype=np.float32)
-        self.mask = np.asarray(mask)
+        self.image = np.ascontiguousarray(image, dtype=np.float32)
+        self.variance = np.ascontiguousarray(variance, dtype=np.float32)
+        self.mask = np.ascontiguousarray(mask)
         self.shape = self.image.shape
         self.model = None  # fitted PSF models of all deblended children
         self.removed = None  # image with all neighbours removed (see global_removed)
         self.fam = self.noise = self.seg = None
         if segmentation is not None:
-            seg = self.seg = np.asarray(segmentation)
+            seg = self.seg = np.ascontiguousarray(segmentation)
             if seg.shape != self.shape:
                 raise ValueError(f"segmentation shape {seg.shape} != image shape {self.shape}")
-            self.fam = np.zeros(self.shape, dtype=np.int64)
-            labelled = seg != 0
-            labels = seg[labelled].astype(np.int64)
-            order = np.argsort(ids)
-            pos = np.clip(np.searchsorted(ids, labels, sorter=order), 0, ids.size - 1)
-            known = ids[order[pos]] == labels
-            # Labels of unknown sources form families of their own.
-            self.fam[labelled] = np.where(known, family[order[pos]], labels)
-            self.own_area = np.bincount(order[pos][known], minlength=ids.size)
+            self.fam, self.own_area = _families(seg, ids, family)
             if config.replace_with_noise:
                 rng = np.random.default_rng(config.noise_seed)
                 self.noise = np.zeros(self.shape, dtype=np.float32)
-                sd = np.sqrt(np.maximum(self.variance[labelled], 0))
-                self.noise[labelled] = rng.standard_normal(sd.size, dtype=np.float32) * sd
+                labelled = np.flatnonzero(seg)
+                sd = np.sqrt(np.maximum(self.variance.ravel()[labelled], 0))
+                self.noise.ravel()[labelled] = rng.standard_normal(sd.size,
+                                                                   dtype=np.float32) * sd
 
     def stamps(self, ix, iy, half, family, *, subtract=None, own=None):
-        """Cleaned image stamps and their on-image / family-membership masks.
+        """Cleaned float64 image stamps and their on-image / family-label stamps.
 
         ``subtract`` (per-source bool) removes the global children model;
-        ``own`` (n, s, s) adds each source's own model back.
+        ``own`` (n, s, s) adds each source's own model back.  Pixels of other
+        families are replaced by noise (and lose ``own``).
         """
-        img, on = cut_stamps(self.image, ix, iy, half)
-        img = img.astype(float)
-        if self.model is not None and subtract is not None and subtract.any():
-            mdl, _ = cut_stamps(self.model, ix, iy, half)
-            img -= mdl * subtract[:, None, None]
-        if own is not None:
-            img += own
-        fam_s = None
-        if self.fam is not None:
-            fam_s, _ = cut_stamps(self.fam, ix, iy, half)
-            if self.noise is not None:
-                keep = (fam_s == 0) | (fam_s == family[:, None, None])
-                noise, _ = cut_stamps(self.noise, ix, iy, half)
-                img = np.where(keep, img, noise)
+        ix = np.ascontiguousarray(ix, dtype=np.int64)
+        iy = np.ascontiguousarray(iy, dtype=np.int64)
+        size = 2 * half + 1
+        img = np.empty((ix.size, size, size))
+        on = np.empty((ix.size, size, size), dtype=bool)
+        fam_s = None if self.fam is None else np.empty((ix.size, size, size), self.fam.dtype)
+        model = None
+        if self.model is not None and subtract is not None and np.any(subtract):
+            model = self.model
+            subtract = np.ascontiguousarray(subtract, dtype=bool)
+        own = None if own is None else np.ascontiguousarray(own, dtype=np.float64)
+        family = np.ascontiguousarray(family, dtype=np.int64)
+        clean_into(self.image, model, self.fam, self.noise, ix, iy, half, family,
+                   subtract if model is not None else None, own, img, on, fam_s)
         return img, on, fam_s
 
     def planes(self, ix, iy, half):
-        var, _ = cut_stamps(self.variance, ix, iy, half)
-        msk, _ = cut_stamps(self.mask, ix, iy, half)
-        return var.astype(float), msk
+        """float64 variance and mask stamps (0 off the image)."""
+        return cut(self.variance, ix, iy, half, dtype=np.float64), cut(self.mask, ix, iy, half)
 
     def region(self, x0, y0, x1, y1, family):
         """Cleaned image, on-image mask, variance and mask of the box ``[x0, x1) x [y0, y1)``."""
@@ -119,13 +114,51 @@ class Scene:
 
     def global_removed(self):
         """The image with every child model subtracted and every segment replaced by noise."""
-        out = self.image.copy()
-        if self.model is not None:
-            out -= self.model
-        if self.noise is not None:
-            labelled = self.fam != 0
-            out[labelled] = self.noise[labelled]
+        out = np.empty(self.shape, dtype=np.float32)
+        removed_into(self.image, self.model, self.fam, self.noise, out)
         return out
+
+
+def _families(seg, ids, family):
+    """Family label of every pixel (unknown labels are families of their own) and own areas."""
+    ids = np.asarray(ids, dtype=np.int64)
+    family = np.asarray(family, dtype=np.int64)
+    top = int(ids.max(initial=0))
+    if ids.size and ids.min() > 0 and top < 4 * seg.size + 1024 and seg.dtype.kind in "iu":
+        # Dense labels (the usual 1..n): a lookup table indexed by label.
+        dtype = np.result_type(seg.dtype, np.int32)
+        if np.iinfo(dtype).max < max(top, int(family.max(initial=0))):
+            dtype = np.int64
+        lut = np.arange(top + 1, dtype=dtype)
+        lut[ids] = family
+        fam = np.empty(seg.shape, dtype=dtype)
+        counts = np.zeros(top + 1, dtype=np.int64)
+        family_image(seg, lut, fam, counts)
+        counts[0] = 0
+        return fam, counts[ids]
+    fam = np.zeros(seg.shape, dtype=np.int64)
+    labelled = seg != 0
+    labels = seg[labelled].astype(np.int64)
+    order = np.argsort(ids)
+    pos = np.clip(np.searchsorted(ids, labels, sorter=order), 0, ids.size - 1)
+    known = ids[order[pos]] == labels
+    fam[labelled] = np.where(known, family[order[pos]], labels)
+    return fam, np.bincount(order[pos][known], minlength=ids.size)
+
+
+def cut(array, ix, iy, half, *, dtype=None, fill=0):
+    """``(n, 2 half + 1, 2 half + 1)`` stamps of ``array`` (``fill`` off it), as ``dtype``."""
+    ix = np.ascontiguousarray(ix, dtype=np.int64)
+    iy = np.ascontiguousarray(iy, dtype=np.int64)
+    size = 2 * half + 1
+    out = np.empty((ix.size, size, size), dtype=dtype or array.dtype)
+    if out.dtype == array.dtype:
+        cut_into(array, ix, iy, half, out.dtype.type(fill), out, None)
+    else:
+        tmp = np.empty((ix.size, size, size), dtype=array.dtype)
+        cut_into(array, ix, iy, half, array.dtype.type(fill), tmp, None)
+        out[...] = tmp
+    return out
 
 
 def family_chunks(family: np.ndarray, size: int) -> list[np.ndarray]:
@@ -151,17 +184,16 @@ def embed(stamps, half):
     return out
 
 
-def add_models(target, stamps, ox, oy):
-    """Add ``(n, k, k)`` stamps with origins ``(ox, oy)`` into the 2-D ``target``."""
+def add_models(target, stamps, ox, oy, amp=None):
+    """Add ``(n, k, k)`` stamps (times ``amp``) with origins ``(ox, oy)`` into the 2-D ``target``.
+
+    Each product is rounded to ``target``'s dtype before it is added.
+    """
     if stamps.shape[0] == 0:
         return
-    ny, nx = target.shape
-    k = stamps.shape[1]
-    rows = (oy[:, None] + np.arange(k))[:, :, None]
-    cols = (ox[:, None] + np.arange(k))[:, None, :]
-    ok = (rows >= 0) & (rows < ny) & (cols >= 0) & (cols < nx)
-    flat = np.broadcast_to(rows * nx + cols, stamps.shape)[ok]
-    np.add.at(target.ravel(), flat, stamps[ok].astype(target.dtype))
+    amp = np.ones(stamps.shape[0]) if amp is None else np.asarray(amp, dtype=np.float64)
+    add_stamps(target, np.ascontiguousarray(stamps), np.ascontiguousarray(amp),
+               np.ascontiguousarray(ox, dtype=np.int64), np.ascontiguousarray(oy, dtype=np.int64))
 
 
 def nan_row_median(values, use):

@@ -159,28 +159,86 @@ if numba is not None:
         """Signed area of the disc inside the strip ``[y0, y1]`` between 0 and ``x``."""
         return _signed_area(x, y1, r) - _signed_area(x, y0, r)
 
+    @numba.njit(cache=True, nogil=True)
+    def _half_q(ax, ay, t, prim_t, prim_ax, r):
+        # |Q| for one corner: as _signed_area, with t = sqrt(r^2 - ay^2) and the
+        # primitives at t and ax passed in (prim_ax is only read outside the disc).
+        if ax * ax + ay * ay <= r * r:
+            return ax * ay
+        return ay * t + prim_ax - prim_t
+
     # "reassoc" lets LLVM vectorise the interior-run sums (summation order only).
-    @numba.njit(cache=True, fastmath={"reassoc"})
-    def _aperture_kernel(image, variance, bad, index, xc, yc, radii, flux, var, nbad):
-        """Exact-overlap sums over circles, row by row; results into (n, n_radii) arrays."""
+    @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
+    def _run_sum(image, k, j, lo, hi):
+        total = 0.0
+        for i in range(lo, hi + 1):
+            total += image[k, j, i]
+        return total
+
+    @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
+    def _run_count(bad, bits, k, j, lo, hi):
+        total = 0
+        for i in range(lo, hi + 1):
+            total += (bad[k, j, i] & bits) != 0
+        return total
+
+    @numba.njit(cache=True, nogil=True)
+    def _aperture_kernel(image, variance, bad, bits, index, xc, yc, radii, flux, var, nbad):
+        """Exact-overlap sums over circles; results into (n, n_radii) arrays.
+
+        ``radii`` must be ascending.  Each source is read once, row by row over
+        its largest circle.  In a row the interior runs (pixels wholly inside)
+        of the circles are nested, so each radius adds the two ends of the
+        previous run.  Boundary pixels get exact areas from the strip primitive
+        ``Q(x, y1) - Q(x, y0)``; its arcsine terms depend on one pixel edge each,
+        so they are tabulated once per source and radius over the x edges and
+        the y edges (not once per pixel corner).
+        """
         _, height, width = image.shape
+        nr = radii.size
+        flux[:] = 0.0
+        var[:] = 0.0
+        nbad[:] = 0
+        if nr == 0:
+            return
+        rmax = radii[nr - 1]
+        cap = 2 * math.ceil(rmax) + 6
+        hx = np.empty((nr, cap))  # H(min(|x edge|, r))
+        ay_t = np.empty((nr, cap))  # min(|y edge|, r)
+        t_t = np.empty((nr, cap))  # sqrt(r^2 - ay^2)
+        ht = np.empty((nr, cap))  # H(t)
         for s in range(xc.size):
             k = index[s]
             x, y = xc[s], yc[s]
-            for q in range(radii.size):
+            i0 = math.floor(x - rmax - 0.5) + 1  # pixel columns i0..i1 may be touched
+            i1 = math.ceil(x + rmax + 0.5) - 1
+            j0 = math.floor(y - rmax - 0.5) + 1
+            j1 = math.ceil(y + rmax + 0.5) - 1
+            for q in range(nr):
                 r = radii[q]
-                f = 0.0
-                v = 0.0
-                nb = 0
-                jlo = max(math.floor(y - r - 0.5) + 1, 0)
-                jhi = min(math.ceil(y + r + 0.5) - 1, height - 1)
-                for j in range(jlo, jhi + 1):
-                    yb0 = j - 0.5 - y
-                    yb1 = yb0 + 1.0
-                    ymin = 0.0 if (yb0 < 0.0 < yb1) else min(abs(yb0), abs(yb1))
+                for e in range(i1 - i0 + 2):  # edge e: x = i0 + e - 0.5
+                    hx[q, e] = _prim(min(abs((i0 + e) - 0.5 - x), r), r)
+                for e in range(j1 - j0 + 2):
+                    ay = min(abs((j0 + e) - 0.5 - y), r)
+                    t = math.sqrt(max(r * r - ay * ay, 0.0))
+                    ay_t[q, e], t_t[q, e], ht[q, e] = ay, t, _prim(t, r)
+            for j in range(max(j0, 0), min(j1, height - 1) + 1):
+                yb0 = (j - 0.5) - y
+                yb1 = (j + 0.5) - y
+                ey = j - j0
+                sy0 = 0.0 if yb0 == 0.0 else (1.0 if yb0 > 0.0 else -1.0)
+                sy1 = 0.0 if yb1 == 0.0 else (1.0 if yb1 > 0.0 else -1.0)
+                ymin = 0.0 if (yb0 < 0.0 < yb1) else min(abs(yb0), abs(yb1))
+                ymax2 = max(yb0 * yb0, yb1 * yb1)
+                rf = 0.0
+                rv = 0.0
+                rnb = 0
+                rlo, rhi = 0, -1  # the interior run summed so far (empty)
+                for q in range(nr):
+                    r = radii[q]
                     if ymin >= r:
                         continue
-                    inner2 = r * r - max(yb0 * yb0, yb1 * yb1)
+                    inner2 = r * r - ymax2
                     w_out = math.sqrt(r * r - ymin * ymin)
                     ilo = max(math.floor(x - w_out - 0.5) + 1, 0)
                     ihi = min(math.ceil(x + w_out + 0.5) - 1, width - 1)
@@ -192,32 +250,56 @@ if numba is not None:
                         fhi = min(math.floor(x + w_in - 0.5), ihi)
                         if fhi < flo:
                             flo, fhi = ihi + 1, ihi
-                    for i in range(flo, fhi + 1):  # branch-free so that it vectorises
-                        f += image[k, j, i]
-                        v += variance[k, j, i]
-                        nb += bad[k, j, i]
-                    # Boundary pixels left and right of the run: the area is a difference
-                    # of the strip primitive at the pixel's x edges (right edge reused).
-                    for lo, hi in ((ilo, flo - 1), (fhi + 1, ihi)):
-                        if hi < lo:
-                            continue
-                        left = _strip_area(lo - 0.5 - x, yb0, yb1, r)
-                        for i in range(lo, hi + 1):
-                            right = _strip_area(i + 0.5 - x, yb0, yb1, r)
-                            a = right - left
-                            left = right
-                            if a > 0.0:
-                                f += a * image[k, j, i]
-                                v += a * a * variance[k, j, i]
-                                if a > _MIN_AREA:
-                                    nb += bad[k, j, i]
-                flux[s, q] = f
-                var[s, q] = v
-                nbad[s, q] = nb
+                    if fhi >= flo:
+                        if rhi < rlo:
+                            rf += _run_sum(image, k, j, flo, fhi)
+                            rv += _run_sum(variance, k, j, flo, fhi)
+                            rnb += _run_count(bad, bits, k, j, flo, fhi)
+                        else:
+                            rf += (_run_sum(image, k, j, flo, rlo - 1)
+                                   + _run_sum(image, k, j, rhi + 1, fhi))
+                            rv += (_run_sum(variance, k, j, flo, rlo - 1)
+                                   + _run_sum(variance, k, j, rhi + 1, fhi))
+                            rnb += (_run_count(bad, bits, k, j, flo, rlo - 1)
+                                    + _run_count(bad, bits, k, j, rhi + 1, fhi))
+                        rlo, rhi = flo, fhi
+                    f = rf
+                    v = rv
+                    nb = rnb
+                    if ilo < flo or fhi < ihi:  # boundary pixels left and right of the run
+                        ay0, t0, h0 = ay_t[q, ey], t_t[q, ey], ht[q, ey]
+                        ay1, t1, h1 = ay_t[q, ey + 1], t_t[q, ey + 1], ht[q, ey + 1]
+                        for lo, hi in ((ilo, flo - 1), (fhi + 1, ihi)):
+                            left = 0.0
+                            for i in range(lo, hi + 2):
+                                xe = (i - 0.5) - x  # left edge of pixel i
+                                right = 0.0
+                                if xe != 0.0:
+                                    ax = min(abs(xe), r)
+                                    ha = hx[q, i - i0]
+                                    # Q(xe, yb1) - Q(xe, yb0), signs as _signed_area.
+                                    right = (1.0 if xe > 0.0 else -1.0) * (
+                                        sy1 * _half_q(ax, ay1, t1, h1, ha, r)
+                                        - sy0 * _half_q(ax, ay0, t0, h0, ha, r))
+                                if i > lo:
+                                    a = right - left  # area of pixel i - 1
+                                    if a > 0.0:
+                                        f += a * image[k, j, i - 1]
+                                        v += a * a * variance[k, j, i - 1]
+                                        if a > _MIN_AREA:
+                                            nb += (bad[k, j, i - 1] & bits) != 0
+                                left = right
+                    flux[s, q] += f
+                    var[s, q] += v
+                    nbad[s, q] += nb
 
 
-def _aperture_sums(image, variance, bad, index, x, y, radii, engine):
-    """Dispatch to the numba kernel or the numpy path; stacks are (m, h, w)."""
+def _aperture_sums(image, variance, bad, index, x, y, radii, engine, bad_bits=None):
+    """Dispatch to the numba kernel or the numpy path; stacks are (m, h, w).
+
+    ``bad`` is boolean, or with ``bad_bits`` an integer mask whose pixels with
+    any of those bits are bad (read as it is: no full-size boolean copy).
+    """
     if engine not in ("auto", "numba", "numpy"):
         raise ValueError(f"engine must be 'auto', 'numba' or 'numpy', got {engine!r}")
     if engine == "numba" and numba is None:
@@ -227,20 +309,28 @@ def _aperture_sums(image, variance, bad, index, x, y, radii, engine):
                            and np.asarray(variance).dtype == np.float32) else np.float64
     image = np.ascontiguousarray(image, dtype=dtype)
     variance = np.ascontiguousarray(variance, dtype=dtype)
-    if bad is None:
-        bad = np.zeros(image.shape, dtype=np.uint8)
-    bad = np.ascontiguousarray(bad, dtype=np.uint8)
+    if bad is None:  # never set: a read-only view of one zero
+        bad, bad_bits = np.broadcast_to(np.zeros((1, 1, 1), dtype=np.uint8), image.shape), None
+    elif bad_bits is not None:
+        bad = np.ascontiguousarray(bad)
+    else:
+        bad = np.ascontiguousarray(bad, dtype=np.uint8)
     index = np.ascontiguousarray(index, dtype=np.int64)
     x = np.ascontiguousarray(x, dtype=float)
     y = np.ascontiguousarray(y, dtype=float)
     radii = np.asarray(radii, dtype=float)
     if engine == "numpy" or numba is None:
+        if bad_bits is not None:
+            bad = ((bad & bad_bits) != 0).astype(np.uint8)
         return _aperture_numpy(image, variance, bad, index, x, y, radii)
+    order = np.argsort(radii, kind="stable")
     flux = np.zeros((x.size, radii.size))
     var = np.zeros((x.size, radii.size))
     nbad = np.zeros((x.size, radii.size), dtype=np.int64)
-    _aperture_kernel(image, variance, bad, index, x, y, radii, flux, var, nbad)
-    return flux, var, nbad
+    _aperture_kernel(image, variance, bad, 1 if bad_bits is None else int(bad_bits), index, x, y,
+                     np.ascontiguousarray(radii[order]), flux, var, nbad)
+    inverse = np.argsort(order)
+    return flux[:, inverse], var[:, inverse], nbad[:, inverse]
 
 
 # ------------------------------------------------------------------------------- public API
@@ -310,16 +400,19 @@ def aperture_flux_stamps(stamps, variance, bad, x, y, radii=APERTURE_RADII, *,
     index = np.arange(n)
     flux, var, nbad = _aperture_sums(stamps, variance, bad, index, x, y, radii, engine)
     noff = np.zeros_like(nbad)
-    if off_image is not None and np.any(off_image):
-        _, _, noff = _aperture_sums(np.zeros_like(stamps), np.zeros_like(stamps), off_image,
-                                    index, x, y, radii, engine)
+    if off_image is not None:
+        cut = np.flatnonzero(np.any(off_image, axis=(1, 2)))  # stamps reaching off the image
+        if cut.size:
+            zeros = np.zeros((cut.size, h, w))
+            _, _, noff[cut] = _aperture_sums(zeros, zeros, np.asarray(off_image)[cut],
+                                             np.arange(cut.size), x[cut], y[cut], radii, engine)
     return [ApertureFlux(float(r), flux[:, q], np.sqrt(var[:, q]),
                          (noff[:, q] > 0) | _leaves(x, y, r, h, w), nbad[:, q] > 0)
             for q, r in enumerate(radii)]
 
 
 def aperture_flux(image, variance, bad, x, y, radii=APERTURE_RADII, *,
-                  engine: str = "auto") -> list[ApertureFlux]:
+                  engine: str = "auto", bad_bits: int | None = None) -> list[ApertureFlux]:
     """Exact circular-aperture fluxes on a whole image.
 
     Parameters
@@ -327,13 +420,16 @@ def aperture_flux(image, variance, bad, x, y, radii=APERTURE_RADII, *,
     image, variance : numpy.ndarray
         2-D image and variance, indexed ``[y, x]``.
     bad : numpy.ndarray or None
-        2-D boolean, True for pixels with a bad mask bit (sets ``flag_masked``).
+        2-D boolean, True for pixels with a bad mask bit (sets ``flag_masked``);
+        with ``bad_bits``, the integer mask itself.
     x, y : array_like
         ``(n,)`` aperture centres, array pixel coordinates.
     radii : sequence of float
         Aperture radii, pixels.
     engine : {"auto", "numba", "numpy"}
         Summation loop (numba when installed for ``auto``).
+    bad_bits : int, optional
+        When given, ``bad`` is an integer mask and pixels with any of these bits are bad.
 
     Returns
     -------
@@ -352,8 +448,13 @@ def aperture_flux(image, variance, bad, x, y, radii=APERTURE_RADII, *,
     x = np.atleast_1d(np.asarray(x, dtype=float))
     y = np.atleast_1d(np.asarray(y, dtype=float))
     bad3 = None if bad is None else np.asarray(bad)[None]
-    flux, var, nbad = _aperture_sums(image[None], np.asarray(variance)[None], bad3,
-                                     np.zeros(x.size, dtype=np.int64), x, y, radii, engine)
+    # Sources in row order: neighbours share image rows while they are in cache.
+    order = np.argsort(np.floor(y), kind="stable")
+    sums = _aperture_sums(image[None], np.asarray(variance)[None], bad3,
+                          np.zeros(x.size, dtype=np.int64), x[order], y[order], radii, engine,
+                          bad_bits)
+    flux, var, nbad = (np.empty_like(a) for a in sums)
+    flux[order], var[order], nbad[order] = sums
     return [ApertureFlux(float(r), flux[:, q], np.sqrt(var[:, q]),
                          _leaves(x, y, r, height, width), nbad[:, q] > 0)
             for q, r in enumerate(radii)]

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._measure_kernels import cut_into
 from .psf_images import nearest_pixel
 
 __all__ = ["Centroid", "centroid_window_half", "cut_stamps", "sdss_centroid",
@@ -112,28 +113,13 @@ def cut_stamps(array: np.ndarray, ix, iy, half: int, fill=0) -> tuple[np.ndarray
     on_image : numpy.ndarray
         ``(n, 2 half + 1, 2 half + 1)`` boolean, False off the array.
     """
-    ix = np.asarray(ix, dtype=np.int64)
-    iy = np.asarray(iy, dtype=np.int64)
+    array = np.asarray(array)
+    ix = np.ascontiguousarray(ix, dtype=np.int64).ravel()
+    iy = np.ascontiguousarray(iy, dtype=np.int64).ravel()
     size = 2 * half + 1
-    ny, nx = array.shape
-    inside = (ix >= half) & (ix < nx - half) & (iy >= half) & (iy < ny - half)
     stamps = np.empty((ix.size, size, size), dtype=array.dtype)
-    on_image = np.ones((ix.size, size, size), dtype=bool)
-    if inside.any() and ny >= size and nx >= size:
-        # Indexing a window view copies whole rows: ~5x faster than per-pixel fancy indexing.
-        view = np.lib.stride_tricks.sliding_window_view(array, (size, size))
-        stamps[inside] = view[iy[inside] - half, ix[inside] - half]
-    else:
-        inside[:] = False
-    if not inside.all():
-        edge = ~inside
-        offs = np.arange(-half, half + 1)
-        rows = iy[edge, None] + offs[None, :]
-        cols = ix[edge, None] + offs[None, :]
-        on = ((rows >= 0) & (rows < ny))[:, :, None] & ((cols >= 0) & (cols < nx))[:, None, :]
-        cut = array[np.clip(rows, 0, ny - 1)[:, :, None], np.clip(cols, 0, nx - 1)[:, None, :]]
-        stamps[edge] = np.where(on, cut, np.asarray(fill, dtype=array.dtype))
-        on_image[edge] = on
+    on_image = np.empty((ix.size, size, size), dtype=bool)
+    cut_into(array, ix, iy, int(half), np.asarray(fill, dtype=array.dtype)[()], stamps, on_image)
     return stamps, on_image
 
 
@@ -191,7 +177,7 @@ def sdss_centroid_stamps(
                          f"need {2 * (r + 2) + 1}")
     g = _gauss_1d(sigma, r)
     g5 = _placement(g, s, np.arange(-2, 3))  # (5, s)
-    smooth5 = np.einsum("aj,njk,bk->nab", g5, stamps, g5)  # (n, 5, 5) rows=y
+    smooth5 = g5 @ stamps @ g5.T  # (n, 5, 5) rows=y
     # Step 2: the smoothed maximum among the peak and its neighbours.
     inner = smooth5[:, 1:4, 1:4].reshape(n, 9)
     best = np.argmax(inner, axis=1)
@@ -228,8 +214,9 @@ def sdss_centroid_stamps(
     # Pixel sensitivities: the smoothing kernels of the 3x3 samples around the chosen peak.
     g3y = g5[(py + 1)[:, None] + np.arange(3)[None, :]]  # (n, 3, s)
     g3x = g5[(px + 1)[:, None] + np.arange(3)[None, :]]
-    hx = np.einsum("nrc,nrj,nck->njk", jx, g3y, g3x)
-    hy = np.einsum("nrc,nrj,nck->njk", jy, g3y, g3x)
+    g3y_t = g3y.transpose(0, 2, 1)
+    hx = g3y_t @ jx @ g3x  # (n, s, s): sum_rc jx[r, c] g3y[r, j] g3x[c, k]
+    hy = g3y_t @ jy @ g3x
     dx_err = np.sqrt((hx * hx * variance).sum(axis=(1, 2)))
     dy_err = np.sqrt((hy * hy * variance).sum(axis=(1, 2)))
     bad_err = ~np.isfinite(dx_err + dy_err) | (dx_err <= 0) | (dy_err <= 0)

@@ -38,22 +38,23 @@ import pyarrow as pa
 from store.masks import bits
 from store.psf import Psf
 
+from ._measure_kernels import pixel_flag_bits, recentroid_stamps, variance_median_loop
 from ._measure_support import (
     CENTER_FLAGS,
     PIXEL_PLANES,
     Scene,
     add_models,
     aperture_column,
+    cut,
     embed,
     empty_columns,
     family_chunks,
-    nan_row_median,
     to_table,
 )
 from .apertures import APERTURE_RADII, aperture_flux, aperture_flux_stamps
-from .centroid import centroid_window_half, cut_stamps, sdss_centroid, sdss_centroid_stamps
+from .centroid import centroid_window_half, sdss_centroid_stamps
 from .moments import adaptive_moments, determinant_radius, psf_moments, psf_moments_at
-from .photometry import gaussian_flux, local_background, psf_flux, psf_flux_blend
+from .photometry import gaussian_flux, local_background_image, psf_flux, psf_flux_blend
 from .psf_images import model_stamps, nearest_pixel
 
 __all__ = ["MeasurementConfig", "aperture_column", "measure_sources"]
@@ -203,8 +204,8 @@ def measure_sources(
         for chunk in chunks:
             stamps, ox, oy = models[id(chunk)]
             sel = is_child[chunk] & np.isfinite(cols["psfFlux_instFlux"][chunk])
-            add_models(scene.model, stamps[sel] * cols["psfFlux_instFlux"][chunk][sel, None, None],
-                        ox[sel], oy[sel])
+            add_models(scene.model, stamps[sel], ox[sel], oy[sel],
+                       amp=cols["psfFlux_instFlux"][chunk][sel])
     if large:
         scene.removed = scene.global_removed()
     for chunk in chunks:
@@ -233,7 +234,7 @@ def _pass_one(scene, psf, idx, xp, yp, family, is_child, sigma, config, cols):
     off = (ixp < 0) | (ixp >= nx) | (iyp < 0) | (iyp >= ny)
     hc = centroid_window_half(sigma)
     img, on, _ = scene.stamps(ixp, iyp, hc, fam)
-    var, _ = scene.planes(ixp, iyp, hc)
+    var = cut(scene.variance, ixp, iyp, hc, dtype=np.float64)
     dx, dy, ex, ey, fl = sdss_centroid_stamps(img, var, sigma,
                                               max_dist_to_peak=config.centroid_max_dist_to_peak)
     edge = ~on.all(axis=(1, 2))
@@ -263,16 +264,15 @@ def _pass_one(scene, psf, idx, xp, yp, family, is_child, sigma, config, cols):
     # bright neighbour's gradient would pull it) and the blend is fitted again.
     child = is_child[idx]
     keys, counts = np.unique(fam[child], return_counts=True)
-    groups = [np.nonzero(child & (fam == key))[0] for key in keys[counts > 1]]
+    keys = keys[counts > 1]
+    groups = [np.nonzero(child & (fam == key))[0] for key in keys]
     if groups:
-        for key, members in zip(keys[counts > 1], groups, strict=True):
-            fit, rimg, rvar, x0, y0 = _joint_fit(scene, key, members, models, ox, oy, psf_bad)
-            if np.all(np.isfinite(fit.flux)):
-                _recentroid(rimg, rvar, x0, y0, fit.flux, models[members], ox[members] - x0,
-                            oy[members] - y0, members, x, y, ex, ey, sigma, config)
+        fits = [_joint_fit(scene, key, members, models, ox, oy, psf_bad)
+                for key, members in zip(keys, groups, strict=True)]
+        _recentroid(fits, groups, models, ox, oy, x, y, ex, ey, sigma, config)
         every = np.concatenate(groups)
         models[every], ox[every], oy[every] = model_stamps(psf, x[every], y[every])
-        for key, members in zip(keys[counts > 1], groups, strict=True):
+        for key, members in zip(keys, groups, strict=True):
             fit = _joint_fit(scene, key, members, models, ox, oy, psf_bad)[0]
             for field, value in zip(fields, (fit.flux, fit.flux_err, fit.area, fit.chi2,
                                              fit.npixels, fit.flag_edge,
@@ -299,20 +299,44 @@ def _joint_fit(scene, key, members, models, ox, oy, psf_bad):
     return fit, rimg, rvar, x0, y0
 
 
-def _recentroid(rimg, rvar, x0, y0, flux, models, rx, ry, members, x, y, ex, ey, sigma, config):
-    """Centroid each child of a blend on the region minus its siblings' fitted models."""
-    k = models.shape[1]
-    total = np.zeros(rimg.shape)
-    for c in range(members.size):
-        total[ry[c] : ry[c] + k, rx[c] : rx[c] + k] += flux[c] * models[c]
-    for c, i in enumerate(members):
-        resid = rimg - total
-        resid[ry[c] : ry[c] + k, rx[c] : rx[c] + k] += flux[c] * models[c]
-        cen = sdss_centroid(resid, rvar, [x[i] - x0], [y[i] - y0], sigma,
-                            max_dist_to_peak=config.centroid_max_dist_to_peak)
-        if not cen.flag[0]:
-            x[i], y[i] = cen.x[0] + x0, cen.y[0] + y0
-            ex[i], ey[i] = cen.x_err[0], cen.y_err[0]
+def _recentroid(fits, groups, models, ox, oy, x, y, ex, ey, sigma, config):
+    """Centroid each child of a blend on its region minus its siblings' fitted models.
+
+    Blends whose joint fit failed keep their centroids; so do children whose
+    centroid fails.  All children are centroided in one batch.
+    """
+    hc = centroid_window_half(sigma)
+    size = 2 * hc + 1
+    stamps, variances, ons, rows, origins = [], [], [], [], []
+    for (fit, rimg, rvar, x0, y0), members in zip(fits, groups, strict=True):
+        if not np.all(np.isfinite(fit.flux)):
+            continue
+        m = members.size
+        cx, cy = nearest_pixel(x[members] - x0), nearest_pixel(y[members] - y0)
+        out, out_var = np.empty((m, size, size)), np.empty((m, size, size))
+        out_on = np.empty((m, size, size), dtype=bool)
+        recentroid_stamps(rimg, rvar, np.ascontiguousarray(models[members]),
+                          ox[members] - x0, oy[members] - y0, fit.flux, cx, cy, hc,
+                          out, out_var, out_on)
+        stamps.append(out)
+        variances.append(out_var)
+        ons.append(out_on)
+        rows.append(members)
+        origins.append(np.c_[cx + 0.0, cy + 0.0, np.full(m, x0 + 0.0), np.full(m, y0 + 0.0)])
+    if not rows:
+        return
+    dx, dy, dx_err, dy_err, fl = sdss_centroid_stamps(
+        np.concatenate(stamps), np.concatenate(variances), sigma,
+        max_dist_to_peak=config.centroid_max_dist_to_peak)
+    edge = ~np.concatenate(ons).all(axis=(1, 2))
+    failed = (edge | fl["no_second_derivative"] | fl["reset_to_peak"]
+              | fl["almost_no_second_derivative"] | fl["bad_error"])
+    rows = np.concatenate(rows)
+    cx, cy, x0, y0 = np.concatenate(origins).T
+    ok = ~failed
+    i = rows[ok]
+    x[i], y[i] = (cx[ok] + dx[ok]) + x0[ok], (cy[ok] + dy[ok]) + y0[ok]
+    ex[i], ey[i] = dx_err[ok], dy_err[ok]
 
 
 def _pass_two(scene, psf, idx, models, family, is_child, is_parent, sigma, half, config, cols):
@@ -379,8 +403,7 @@ def _pass_two(scene, psf, idx, models, family, is_child, is_parent, sigma, half,
         cols[f"{stem}_flag"][idx] = ap.flag
         cols[f"{stem}_flag_apertureTruncated"][idx] = ap.flag_truncated
     if large:
-        base, _ = cut_stamps(scene.removed, ixc, iyc, half)
-        diff = img - base
+        diff = img - cut(scene.removed, ixc, iyc, half)
         lost = np.zeros(idx.size, dtype=bool)
         if fam_s is not None:  # own-family pixels on the stamp border continue beyond it
             mine = fam_s == fam[:, None, None]
@@ -392,51 +415,34 @@ def _pass_two(scene, psf, idx, models, family, is_child, is_parent, sigma, half,
             cols[f"{stem}_instFlux"][idx] = ap.flux  # the global part is added later
             cols[f"{stem}_flag"][idx] = lost
 
-    # Pixel flags over the footprint and the central 3x3.
-    if scene.seg is not None:
-        seg_s, _ = cut_stamps(scene.seg, ixc, iyc, half)
-        foot = np.where(parent[:, None, None], fam_s == fam[:, None, None],
-                        seg_s == cols["sourceId"][idx][:, None, None])
-    else:
-        yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
-        foot = np.broadcast_to((xx * xx + yy * yy) <= (config.footprint_radius * sigma) ** 2,
-                               img.shape)
-    foot = foot | embed(np.ones((idx.size, 1, 1)), half).astype(bool)
-    centre = np.zeros(img.shape[1:], dtype=bool)
-    centre[half - 1 : half + 2, half - 1 : half + 2] = True
+    # Pixel flags over the footprint and the central 3x3 (read from the full planes).
+    n = idx.size
+    foot_bits, centre_bits = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    edge = np.empty(n, dtype=bool)
+    pixel_flag_bits(scene.mask, scene.seg, scene.fam, ixc, iyc, half,
+                    np.ascontiguousarray(cols["sourceId"][idx]), np.ascontiguousarray(fam),
+                    np.ascontiguousarray(parent), float(config.footprint_radius * sigma) ** 2,
+                    foot_bits, centre_bits, edge)
     for name, plane in PIXEL_PLANES.items():
-        hit = (msk & bits(plane)) != 0
-        cols[f"pixelFlags_{name}"][idx] = (hit & foot).any(axis=(1, 2))
+        cols[f"pixelFlags_{name}"][idx] = (foot_bits & bits(plane)) != 0
         if name in CENTER_FLAGS:
-            cols[f"pixelFlags_{name}Center"][idx] = (hit & centre).any(axis=(1, 2))
+            cols[f"pixelFlags_{name}Center"][idx] = (centre_bits & bits(plane)) != 0
     # A footprint cut by the image boundary is an edge source even without EDGE bits.
-    rows = iyc[:, None] + np.arange(-half, half + 1)
-    cols_ = ixc[:, None] + np.arange(-half, half + 1)
-    border = (((rows == 0) | (rows == scene.shape[0] - 1))[:, :, None]
-              | ((cols_ == 0) | (cols_ == scene.shape[1] - 1))[:, None, :])
-    cols["pixelFlags_edge"][idx] |= ((~on | border) & foot).any(axis=(1, 2))
+    cols["pixelFlags_edge"][idx] |= edge
 
     # Local background (annulus in PSF sigmas) and the background variance.
     bg_bad = bits(config.background_bad_planes)
-    hb = int(np.ceil(config.background_outer * sigma)) + 1
-    bimg, bon = cut_stamps(scene.image, ixc, iyc, hb)
-    bmsk, _ = cut_stamps(scene.mask, ixc, iyc, hb)
-    bgood = bon & ((bmsk & bg_bad) == 0)
-    if scene.fam is not None:
-        bgood &= cut_stamps(scene.fam, ixc, iyc, hb)[0] == 0
-    value, stdev, used = local_background(
-        bimg.astype(float), bgood, config.background_inner * sigma,
-        config.background_outer * sigma, n_sigma=config.background_n_sigma,
+    value, stdev, used = local_background_image(
+        scene.image, scene.mask, bg_bad, ixc, iyc, config.background_inner * sigma,
+        config.background_outer * sigma, labels=scene.fam, n_sigma=config.background_n_sigma,
         n_iter=config.background_n_iter)
     cols["localBackground_instFlux"][idx], cols["localBackground_instFluxErr"][idx] = value, stdev
     cols["localBackground_flag_noGoodPixels"][idx] = used == 0
     cols["localBackground_flag"][idx] = ~np.isfinite(value)
-    vgood = on & ((msk & bg_bad) == 0)
-    if fam_s is not None:
-        vgood &= fam_s == 0
-    vv = nan_row_median(var.reshape(idx.size, -1), vgood.reshape(idx.size, -1))
+    vv, empty = np.empty(n), np.empty(n, dtype=bool)
+    variance_median_loop(scene.variance, scene.mask, scene.fam, bg_bad, ixc, iyc, half, vv, empty)
     cols["variance_value"][idx] = vv
-    cols["variance_flag_emptyFootprint"][idx] = ~vgood.any(axis=(1, 2))
+    cols["variance_flag_emptyFootprint"][idx] = empty
     cols["variance_flag"][idx] = ~np.isfinite(vv)
 
 
@@ -444,8 +450,8 @@ def _large_apertures(scene, cols, large, config):
     """Add the global ("everything removed") part of the apertures larger than the stamps."""
     if not large:
         return
-    bad = (scene.mask & bits(config.aperture_bad_planes)) != 0
-    res = aperture_flux(scene.removed, scene.variance, bad, cols["x"], cols["y"], large)
+    res = aperture_flux(scene.removed, scene.variance, scene.mask, cols["x"], cols["y"], large,
+                        bad_bits=bits(config.aperture_bad_planes))
     for r, ap in zip(large, res, strict=True):
         stem = aperture_column(r)
         cols[f"{stem}_instFlux"] += ap.flux

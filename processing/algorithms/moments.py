@@ -22,8 +22,8 @@ moments match the weight.
 Convergence follows SdssShape: the ellipticity components of successive
 estimates differ by less than ``tol1`` and the trace by less than a fraction
 ``tol2`` (and the centre moved by less than ``tol2`` times the size), at most
-``max_iter`` (100) iterations.  All sources iterate together; converged ones
-drop out of the active set.
+``max_iter`` (100) iterations.  Each source iterates on its own in a compiled
+loop (``_measure_kernels.adaptive_moments_loop``).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import numpy as np
 
 from store.psf import GaussianPsf, PixelBasisPsf, Psf
 
+from ._measure_kernels import adaptive_moments_loop
 from .psf_images import kernel_images
 
 __all__ = [
@@ -94,40 +95,6 @@ class AdaptiveMoments:
     def flag(self) -> np.ndarray:
         """Any failure."""
         return self.flag_not_converged | self.flag_bad_shape | self.flag_shift
-
-
-def _inv2(xx, yy, xy):
-    det = xx * yy - xy * xy
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return yy / det, xx / det, -xy / det, det
-
-
-def _weighted_sums(img, good, gx, gy, cx, cy, mxx, myy, mxy, var=None):
-    """Moment sums of ``w I`` about ``(cx, cy)`` for a stack of stamps.
-
-    ``gx``/``gy`` are the 1-D pixel coordinates of the columns/rows.  The
-    offsets are separable, so the quadratic form is built from (n, k) pieces.
-    """
-    ixx, iyy, ixy, _ = _inv2(mxx, myy, mxy)
-    dx = gx[None, :] - cx[:, None]
-    dy = gy[None, :] - cy[:, None]
-    q = (ixx[:, None] * dx * dx)[:, None, :] + (iyy[:, None] * dy * dy)[:, :, None]
-    q += (2.0 * ixy[:, None] * dy)[:, :, None] * dx[:, None, :]
-    w = np.exp(-0.5 * q)
-    if good is not None:
-        w *= good
-    wi3 = w * img
-    # Only the cross term needs the full stamp; the others use its marginals.
-    col = wi3.sum(axis=1)  # (n, kx): sum over rows
-    row = wi3.sum(axis=2)  # (n, ky)
-    s0 = col.sum(axis=1)
-    sx = (col * dx).sum(axis=1)
-    sy = (row * dy).sum(axis=1)
-    sxx = (col * dx * dx).sum(axis=1)
-    syy = (row * dy * dy).sum(axis=1)
-    sxy = np.einsum("nj,nji,ni->n", dy, wi3, dx)
-    sw2v = None if var is None else (w * w * var).sum(axis=(1, 2))
-    return s0, sx, sy, sxx, syy, sxy, sw2v
 
 
 def adaptive_moments(
@@ -194,10 +161,12 @@ def adaptive_moments(
     cy = np.broadcast_to(np.asarray(y0, dtype=float), (n,)).copy()
     start_x, start_y = cx.copy(), cy.copy()
     if variance is not None:
-        variance = np.broadcast_to(np.asarray(variance, dtype=float), stamps.shape)
+        variance = np.ascontiguousarray(np.broadcast_to(np.asarray(variance, dtype=float),
+                                                        stamps.shape))
     if good is not None:
-        good = np.broadcast_to(np.asarray(good, dtype=bool), stamps.shape)
+        good = np.ascontiguousarray(np.broadcast_to(np.asarray(good, dtype=bool), stamps.shape))
         stamps = np.where(good, stamps, 0.0)
+    stamps = np.ascontiguousarray(stamps)
     if initial is None:
         initial = 2.25
     init = np.asarray(initial, dtype=float)
@@ -206,69 +175,17 @@ def adaptive_moments(
     else:
         mxx = np.broadcast_to(init, (n,)).copy()
         myy, mxy = mxx.copy(), np.zeros(n)
-    grid_x, grid_y = np.arange(kx, dtype=float), np.arange(ky, dtype=float)
     # A weight wider than a quarter of the stamp sees the stamp edges.
     max_trace = 2.0 * (min(kx, ky) / 4.0) ** 2
 
     n_iter = np.zeros(n, dtype=np.int64)
     converged = np.zeros(n, dtype=bool)
     bad = np.zeros(n, dtype=bool)
-    active = np.arange(n)
-    for it in range(1, max_iter + 1):
-        if active.size == 0:
-            break
-        img = stamps[active]
-        g = None if good is None else good[active]
-        axx, ayy, axy = mxx[active], myy[active], mxy[active]
-        acx, acy = cx[active], cy[active]
-        s0, sx, sy, sxx, syy, sxy, _ = _weighted_sums(img, g, grid_x, grid_y, acx, acy,
-                                                      axx, ayy, axy)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            mx, my = sx / s0, sy / s0
-            qxx = sxx / s0 - mx * mx
-            qyy = syy / s0 - my * my
-            qxy = sxy / s0 - mx * my
-            pxx, pyy, pxy, _ = _inv2(qxx, qyy, qxy)
-            wxx, wyy, wxy, _ = _inv2(axx, ayy, axy)
-            pxx, pyy, pxy = pxx - wxx, pyy - wyy, pxy - wxy
-            cxx, cyy, cxy, pdet = _inv2(pxx, pyy, pxy)
-        ok = (s0 > 0) & (pxx > 0) & (pdet > 0) & np.isfinite(cxx + cyy + cxy)
-        ok &= (cxx + cyy) < max_trace
-        n_iter[active] = it
-        failed = active[~ok]
-        bad[failed] = True
-        keep = ok
-        # Centre update mu - c = C Q^-1 m (exact for a Gaussian).
-        if recentre:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                qixx, qiyy, qixy, _ = _inv2(qxx, qyy, qxy)
-                ux, uy = qixx * mx + qixy * my, qixy * mx + qiyy * my
-                step_x = cxx * ux + cxy * uy
-                step_y = cxy * ux + cyy * uy
-                step = np.hypot(step_x, step_y)
-            scale = np.where(step > _MAX_STEP, _MAX_STEP / np.where(step > 0, step, 1), 1.0)
-            step_x, step_y = step_x * scale, step_y * scale
-        else:
-            step_x = step_y = np.zeros(active.size)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t_old, t_new = axx + ayy, cxx + cyy
-            de1 = (cxx - cyy) / t_new - (axx - ayy) / t_old
-            de2 = 2 * cxy / t_new - 2 * axy / t_old
-            done = (np.abs(de1) < tol1) & (np.abs(de2) < tol1)
-            done &= np.abs(t_new / t_old - 1.0) < tol2
-            done &= (step_x * step_x + step_y * step_y) < tol2 * tol2 * t_new
-        idx = active[keep]
-        mxx[idx], myy[idx], mxy[idx] = cxx[keep], cyy[keep], cxy[keep]
-        cx[idx] += step_x[keep]
-        cy[idx] += step_y[keep]
-        converged[active[keep & done]] = True
-        active = active[keep & ~done]
-
-    # Final pass: flux normalisation with the converged weight.
-    s0, *_, sw2v = _weighted_sums(stamps, good, grid_x, grid_y, cx, cy, mxx, myy, mxy,
-                                  var=variance)
-    flux = 2.0 * s0
-    flux_err = 2.0 * np.sqrt(sw2v) if sw2v is not None else np.full(n, np.nan)
+    flux, sw2v = np.empty(n), np.empty(n)
+    adaptive_moments_loop(stamps, good, variance, cx, cy, mxx, myy, mxy, int(max_iter),
+                          float(tol1), float(tol2), bool(recentre), _MAX_STEP, max_trace,
+                          n_iter, converged, bad, flux, sw2v)
+    flux_err = 2.0 * np.sqrt(sw2v) if variance is not None else np.full(n, np.nan)
     shift = np.hypot(cx - start_x, cy - start_y) > max_shift
     bad |= ~np.isfinite(flux) | (flux <= 0)
     nan = np.where(bad, np.nan, 1.0)

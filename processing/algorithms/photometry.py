@@ -32,6 +32,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._measure_kernels import (
+    blend_normal_equations,
+    blend_residual_sums,
+    gaussian_flux_loop,
+    local_background_loop,
+    psf_flux_sums,
+)
 from .apertures import (
     APERTURE_RADII,
     ApertureFlux,
@@ -48,6 +55,7 @@ __all__ = [
     "aperture_flux_stamps",
     "gaussian_flux",
     "local_background",
+    "local_background_image",
     "pixel_circle_overlap",
     "psf_flux",
     "psf_flux_blend",
@@ -106,23 +114,22 @@ def psf_flux(stamps, variance, good, models, *, off_image=None) -> PsfFlux:
     -------
     PsfFlux
     """
-    good = np.asarray(good, dtype=bool)
-    # Sums of products with einsum: no (n, k, k) temporaries beyond two masked copies.
-    pg = np.where(good, models, 0.0)
-    spp = np.einsum("nij,nij->n", pg, models)
-    sp = pg.sum(axis=(1, 2))
-    npix = good.sum(axis=(1, 2)).astype(np.int64)
+    stamps = np.ascontiguousarray(stamps, dtype=np.float64)
+    n = stamps.shape[0]
+    good = np.ascontiguousarray(np.broadcast_to(np.asarray(good, dtype=bool), stamps.shape))
+    variance = np.ascontiguousarray(np.broadcast_to(np.asarray(variance, dtype=np.float64),
+                                                    stamps.shape))
+    models = np.ascontiguousarray(np.broadcast_to(np.asarray(models, dtype=np.float64),
+                                                  stamps.shape))
+    if off_image is not None:
+        off_image = np.ascontiguousarray(np.broadcast_to(np.asarray(off_image, dtype=bool),
+                                                         stamps.shape))
+    sums = np.empty((n, 5))
+    npix = np.empty(n, dtype=np.int64)
+    edge = np.zeros(n, dtype=bool)
+    psf_flux_sums(stamps, variance, good, models, off_image, sums, npix, edge)
+    flux, err, area, chi2, spp = sums.T
     no_good = (npix == 0) | (spp <= 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        flux = np.einsum("nij,nij->n", pg, stamps) / spp
-        err = np.sqrt(np.einsum("nij,nij,nij->n", pg, pg, variance)) / spp
-        # chi2 = sum g (I - F P)^2 / V, expanded into three sums.
-        iv = np.where(good & (variance > 0), 1.0 / np.where(variance > 0, variance, 1.0), 0.0)
-        chi2 = (np.einsum("nij,nij,nij->n", iv, stamps, stamps)
-                - 2 * flux * np.einsum("nij,nij,nij->n", iv, stamps, models)
-                + flux * flux * np.einsum("nij,nij,nij->n", iv, models, models))
-        area = sp * sp / spp
-    edge = np.zeros(len(flux), dtype=bool) if off_image is None else off_image.any(axis=(1, 2))
     nan = np.where(no_good, np.nan, 1.0)
     return PsfFlux(flux * nan, err * nan, area * nan, chi2 * nan, npix, no_good, edge)
 
@@ -147,31 +154,18 @@ def psf_flux_blend(image, variance, good, models, x0, y0) -> PsfFlux:
         ``(m,)`` amplitudes, errors from the joint covariance, and per-child
         ``area``/``chi2``/``npixels`` over each child's own PSF stamp.
     """
-    from scipy import sparse
-
     m, k, _ = models.shape
     height, width = image.shape
-    x0 = np.asarray(x0, dtype=np.int64)
-    y0 = np.asarray(y0, dtype=np.int64)
-    # Each child's model as a sparse column over the region's pixels (clipped at
-    # its edges): the normal equations then cost O(m k^2), not O(m H W).
-    offs = np.arange(k)
-    rows = (y0[:, None] + offs[None, :])[:, :, None]          # (m, k, 1)
-    cols = (x0[:, None] + offs[None, :])[:, None, :]          # (m, 1, k)
-    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
-    edge = ~inside.all(axis=(1, 2))
-    child = np.broadcast_to(np.arange(m)[:, None, None], inside.shape)
-    pix = (np.broadcast_to(rows, inside.shape) * width + np.broadcast_to(cols, inside.shape))
-    values = np.asarray(models, dtype=float)
-    sel = inside & (values != 0)
-    design = sparse.csc_matrix((values[sel], (pix[sel], child[sel])), shape=(height * width, m))
-    g = np.asarray(good, dtype=float).ravel()
-    img = np.asarray(image, dtype=float).ravel()
-    var = np.asarray(variance, dtype=float).ravel()
-    weighted = design.multiply(g[:, None]).tocsc()
-    mat = (design.T @ weighted).toarray()
-    rhs = weighted.T @ img
-    cov_pix = (design.T @ design.multiply((g * var)[:, None])).toarray()
+    x0 = np.ascontiguousarray(x0, dtype=np.int64)
+    y0 = np.ascontiguousarray(y0, dtype=np.int64)
+    edge = ((x0 < 0) | (y0 < 0) | (x0 + k > width) | (y0 + k > height))
+    values = np.ascontiguousarray(models, dtype=np.float64)
+    g = np.ascontiguousarray(good, dtype=np.float64)
+    img = np.ascontiguousarray(image, dtype=np.float64)
+    var = np.ascontiguousarray(variance, dtype=np.float64)
+    # Normal equations from the stamps' overlaps: O(m^2 k^2), never O(m H W).
+    mat, cov, rhs = np.empty((m, m)), np.empty((m, m)), np.empty(m)
+    blend_normal_equations(img, g, g * var, values, x0, y0, mat, rhs, cov)
     try:
         inv = np.linalg.inv(mat)
         ok = np.all(np.isfinite(inv)) and np.linalg.cond(mat) < 1e12
@@ -182,17 +176,13 @@ def psf_flux_blend(image, variance, good, models, x0, y0) -> PsfFlux:
         return PsfFlux(nan, nan, nan, nan, np.zeros(m, dtype=np.int64),
                        np.ones(m, dtype=bool), edge)
     flux = inv @ rhs
-    err = np.sqrt(np.diag(inv @ cov_pix @ inv))
-    resid = img - design @ flux
-    own = design.multiply(g[:, None] > 0).tocsc()            # model values on good pixels
-    own_mask = own.copy()
-    own_mask.data = np.ones_like(own_mask.data)
+    err = np.sqrt(np.diag(inv @ cov @ inv))
+    chi2, sp, spp = np.empty(m), np.empty(m), np.empty(m)
+    npix = np.empty(m, dtype=np.int64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        chi2 = np.asarray(own_mask.T @ (resid**2 / var)).ravel()
-        sp = np.asarray(own.sum(axis=0)).ravel()
-        spp = np.asarray(own.multiply(own).sum(axis=0)).ravel()
-    npix = np.asarray(own_mask.sum(axis=0)).ravel().astype(np.int64)
-    return PsfFlux(flux, err, sp * sp / spp, chi2, npix, npix == 0, edge)
+        blend_residual_sums(img, var, g != 0, values, x0, y0, flux, chi2, sp, spp, npix)
+        area = sp * sp / spp
+    return PsfFlux(flux, err, area, chi2, npix, npix == 0, edge)
 
 
 # --------------------------------------------------------------- Gaussian flux, local background
@@ -218,32 +208,17 @@ def gaussian_flux(stamps, variance, good, x, y, ixx, iyy, ixy) -> tuple[np.ndarr
         ``2 sum(w I)`` and ``2 sqrt(sum(w^2 V))``: the total flux of a Gaussian
         source whose moments equal the weight's.
     """
-    _, h, w = stamps.shape
-    ixx, iyy, ixy = (np.asarray(v, dtype=float) for v in (ixx, iyy, ixy))
-    det = ixx * iyy - ixy * ixy
-    dx = np.arange(w)[None, :] - np.asarray(x, dtype=float)[:, None]
-    dy = np.arange(h)[None, :] - np.asarray(y, dtype=float)[:, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        axx, ayy, axy = iyy / det, ixx / det, -ixy / det
-    q = (axx[:, None] * dx * dx)[:, None, :] + (ayy[:, None] * dy * dy)[:, :, None]
-    q += (2.0 * axy[:, None] * dy)[:, :, None] * dx[:, None, :]
-    wt = np.exp(-0.5 * q)
+    stamps = np.ascontiguousarray(stamps, dtype=np.float64)
+    n = stamps.shape[0]
+    ixx, iyy, ixy, x, y = (np.ascontiguousarray(np.broadcast_to(np.asarray(v, dtype=float), (n,)))
+                           for v in (ixx, iyy, ixy, x, y))
+    variance = np.ascontiguousarray(np.broadcast_to(np.asarray(variance, dtype=np.float64),
+                                                    stamps.shape))
     if good is not None:
-        wt *= good
-    flux = 2.0 * (wt * stamps).sum(axis=(1, 2))
-    err = 2.0 * np.sqrt((wt * wt * variance).sum(axis=(1, 2)))
-    bad = ~(det > 0)
-    return np.where(bad, np.nan, flux), np.where(bad, np.nan, err)
-
-
-def _row_quantile(sorted_vals, count, p):
-    """Linearly interpolated quantile ``p`` of the first ``count`` values of each sorted row."""
-    pos = np.maximum(count - 1, 0) * p
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, np.maximum(count - 1, 0))
-    rows = np.arange(sorted_vals.shape[0])
-    frac = pos - lo
-    return sorted_vals[rows, lo] * (1 - frac) + sorted_vals[rows, hi] * frac
+        good = np.ascontiguousarray(np.broadcast_to(np.asarray(good, dtype=bool), stamps.shape))
+    flux, err = np.empty(n), np.empty(n)
+    gaussian_flux_loop(stamps, variance, good, x, y, ixx, iyy, ixy, flux, err)
+    return flux, err
 
 
 def local_background(stamps, good, inner: float, outer: float, *, n_sigma: float = 3.0,
@@ -275,26 +250,71 @@ def local_background(stamps, good, inner: float, outer: float, *, n_sigma: float
         ``(n,)`` pixels kept by the last pass.
     """
     n, h, w = stamps.shape
-    yy, xx = np.mgrid[0:h, 0:w]
-    r2 = (xx - w // 2) ** 2 + (yy - h // 2) ** 2
+    planes = np.ascontiguousarray(stamps, dtype=np.float32)
+    bad = np.ascontiguousarray(~np.broadcast_to(np.asarray(good, dtype=bool), stamps.shape),
+                               dtype=np.uint8)
+    dx, dy = annulus_offsets(inner, outer)
+    index = np.arange(n, dtype=np.int64)
+    return _local_background(planes, bad, None, 1, index, np.full(n, w // 2), np.full(n, h // 2),
+                             dx, dy, n_sigma, n_iter)
+
+
+def local_background_image(image, mask, bad_bits: int, x, y, inner: float, outer: float, *,
+                           labels=None, n_sigma: float = 3.0, n_iter: int = 3,
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`local_background` read straight from full-frame planes (no stamps cut).
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        2-D image.
+    mask : numpy.ndarray
+        2-D integer mask; pixels with any of ``bad_bits`` are not used.
+    bad_bits : int
+        Mask bits that exclude a pixel.
+    x, y : array_like
+        ``(n,)`` integer annulus centres, array coordinates.
+    inner, outer : float
+        Annulus radii, pixels (pixel centres with ``inner <= r < outer``).
+    labels : numpy.ndarray, optional
+        2-D integer labels; pixels with a non-zero label (sources) are not used.
+    n_sigma, n_iter
+        As for :func:`local_background`.
+
+    Returns
+    -------
+    value, stdev, n_used : numpy.ndarray
+        As for :func:`local_background`.
+    """
+    image = np.asarray(image)
+    if image.dtype not in (np.float32, np.float64):
+        image = image.astype(np.float32)
+    dx, dy = annulus_offsets(inner, outer)
+    x = np.ascontiguousarray(x, dtype=np.int64)
+    y = np.ascontiguousarray(y, dtype=np.int64)
+    mask = np.ascontiguousarray(mask)
+    return _local_background(np.ascontiguousarray(image)[None], mask[None],
+                             None if labels is None else np.ascontiguousarray(labels)[None],
+                             bad_bits, np.zeros(x.size, dtype=np.int64), x, y, dx, dy,
+                             n_sigma, n_iter)
+
+
+def annulus_offsets(inner: float, outer: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(dx, dy)`` of the pixels whose centres lie in ``inner <= r < outer``, row by row."""
+    half = int(np.ceil(outer)) + 1
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
+    r2 = xx * xx + yy * yy
     ys, xs = np.nonzero((r2 >= inner * inner) & (r2 < outer * outer))
-    use = good[:, ys, xs]
-    # float32 halves the cost of the sort; the statistics are accumulated in float64.
-    vals = np.where(use, stamps[:, ys, xs], np.nan).astype(np.float32)
-    count = use.sum(axis=1)
-    ordered = np.sort(vals, axis=1)  # NaNs (unusable pixels) sort last
-    with np.errstate(invalid="ignore", divide="ignore"):
-        centre = _row_quantile(ordered, count, 0.5)
-        iqr = _row_quantile(ordered, count, 0.75) - _row_quantile(ordered, count, 0.25)
-        half = n_sigma * 0.741301109252802 * iqr
-        mean = var = np.full(n, np.nan)
-        keep = use
-        for _ in range(max(n_iter, 1)):
-            keep = use & (np.abs(vals - centre[:, None]) <= half[:, None])
-            cnt = keep.sum(axis=1)
-            mean = np.where(keep, vals, 0.0).sum(axis=1, dtype=np.float64) / cnt
-            dev = np.where(keep, vals - mean[:, None].astype(np.float32), 0.0)
-            var = np.einsum("ij,ij->i", dev, dev, dtype=np.float64) / (cnt - 1)
-            centre, half = mean, n_sigma * np.sqrt(var)
-    n_used = keep.sum(axis=1)
-    return np.where(n_used > 0, mean, np.nan), np.where(n_used > 1, np.sqrt(var), np.nan), n_used
+    return (np.ascontiguousarray(xs - half, dtype=np.int64),
+            np.ascontiguousarray(ys - half, dtype=np.int64))
+
+
+def _local_background(planes, mask, labels, bad_bits, index, ix, iy, dx, dy, n_sigma, n_iter):
+    n = ix.size
+    value, stdev = np.empty(n), np.empty(n)
+    n_used = np.empty(n, dtype=np.int64)
+    local_background_loop(planes, mask, labels, int(bad_bits), index,
+                          np.ascontiguousarray(ix, dtype=np.int64),
+                          np.ascontiguousarray(iy, dtype=np.int64), dx, dy, float(n_sigma),
+                          int(n_iter), value, stdev, n_used)
+    return value, stdev, n_used
