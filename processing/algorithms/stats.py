@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._stats_kernels import clipped_sums, order_statistics, usable_count
+
 __all__ = ["IQR_TO_SIGMA", "ClippedStats", "clipped_stats"]
 
 #: Standard deviation of a Gaussian per unit inter-quartile range.
@@ -99,6 +101,8 @@ def clipped_stats(
     x = np.asarray(values)
     if x.dtype.kind != "f":
         x = x.astype(float)
+    if weights is None and variances is None and x.dtype in (np.float32, np.float64):
+        return _clipped_stats_compiled(x, n_sigma, n_iter, mask, and_mask)
     x = x.ravel()
     keep = np.isfinite(x)
     if mask is not None and and_mask:
@@ -149,3 +153,68 @@ def clipped_stats(
         else:
             error = float(np.sqrt(var * (ws**2).sum()) / sw) if np.isfinite(var) else nan
     return ClippedStats(mean, var, n_sel, n - n_sel, error, median)
+
+
+def _clipped_stats_compiled(x, n_sigma, n_iter, mask, and_mask) -> ClippedStats:
+    """Unweighted :func:`clipped_stats` by passes over the plane (no copies).
+
+    Quartiles are numpy's linear-interpolation percentiles of the usable
+    values (same order statistics and interpolation arithmetic, hence the same
+    numbers); each clipping pass compares in the input's precision, as numpy
+    does, and sums in float64 about the current centre.
+    """
+    x = np.ascontiguousarray(x).ravel()
+    m = None
+    if mask is not None and and_mask:
+        m = np.ascontiguousarray(mask).ravel()
+        if m.size != x.size:
+            raise ValueError(f"mask has {m.size} values, values have {x.size}")
+    bits = int(and_mask)
+    # Histogram of the top 16 bits of the (sign-adjusted) bit patterns: see _stats_kernels.
+    width = x.dtype.itemsize * 8
+    keys = x.view(np.uint32 if width == 32 else np.uint64)
+    hist = (keys, keys.dtype.type(1 << (width - 1)), width - 16, np.zeros(1 << 16, np.int64))
+    n = usable_count(x, hist[0], m, bits, *hist[1:])
+    nan = float("nan")
+    if n == 0:
+        return ClippedStats(nan, nan, 0, 0, nan, nan)
+    q1, median, q3 = _percentiles(x, m, bits, n, hist, np.array([0.25, 0.5, 0.75]))
+    dtype = x.dtype.type
+    center = median
+    hwidth = n_sigma * IQR_TO_SIGMA * (q3 - q1)
+    mean, var, n_sel = nan, nan, n
+    for i in range(max(n_iter, 1)):
+        if i > 0:
+            center = mean
+            hwidth = n_sigma * np.sqrt(max(var, 0.0)) if np.isfinite(var) else np.inf
+        if n > 1:
+            n_sel, s1, s2 = clipped_sums(x, m, bits, dtype(center), dtype(hwidth), float(center))
+        else:
+            n_sel, s1, s2 = clipped_sums(x, m, bits, dtype(0), dtype(np.inf), float(center))
+        if n_sel == 0:
+            return ClippedStats(nan, nan, 0, n, nan, median)
+        mean = float(center + s1 / n_sel)
+        var = float((s2 - s1 * s1 / n_sel) / (n_sel - 1)) if n_sel > 1 else nan
+    error = float(np.sqrt(var * n_sel) / n_sel) if np.isfinite(var) else nan
+    return ClippedStats(mean, var, n_sel, n - n_sel, error, median)
+
+
+def _percentiles(x, m, bits, n, hist, q):
+    """numpy's ``percentile(usable values, 100 q)`` (method "linear"), as Python floats."""
+    virtual = n * q + (1.0 + q * (1.0 - 1.0 - 1.0)) - 1.0  # alpha = beta = 1
+    prev = np.floor(virtual)
+    nxt = prev + 1
+    above, below = virtual >= n - 1, virtual < 0
+    prev[above], nxt[above] = n - 1, n - 1
+    prev[below], nxt[below] = 0, 0
+    prev, nxt = prev.astype(np.int64), nxt.astype(np.int64)
+    ranks = np.unique(np.concatenate([prev, nxt]))
+    values = np.empty(ranks.size, dtype=x.dtype)
+    order_statistics(x, hist[0], m, bits, *hist[1:], ranks, values)
+    a = values[np.searchsorted(ranks, prev)]
+    b = values[np.searchsorted(ranks, nxt)]
+    gamma = virtual - np.floor(virtual)
+    diff = b - a  # in the values' precision, as numpy's _lerp
+    out = np.add(a, diff * gamma)
+    np.subtract(b, diff * (1 - gamma), out=out, where=gamma >= 0.5)
+    return [float(v) for v in out]
