@@ -64,14 +64,16 @@ def bin_block(x, v, m, bad, b, out_x, out_v, out_m):
 
 
 @numba.njit(cache=True, nogil=True)
-def loo_residual(x, v, valid, t_img, t_var, t_w, wk, n_sigma, resid, diff, other):
+def loo_residual(x, v, valid, t_img, t_var, t_w, wk, n_sigma, tolerance, resid, diff, other):
     """Residual of one warp against the template of the *other* warps.
 
     Where the warp was averaged into the template (within ``n_sigma`` of its
     own sigma, and not alone), its contribution is taken out:
     ``other = (W T - w_k x) / (W - w_k)``; elsewhere ``other = T``.  Writes
-    ``diff = x - other`` (image units), ``resid = diff / sqrt(V_k + V_other)``
-    and ``other``; all three are 0 where ``valid`` is False.
+    ``diff = x - other`` (image units),
+    ``resid = diff / sqrt(V_k + V_other + (tolerance * max(other, 0))^2)`` (the
+    last term is the PSF-matching error, proportional to the source's
+    surface brightness) and ``other``; all three are 0 where ``valid`` is False.
     """
     ny, nx = x.shape
     for j in range(ny):
@@ -95,5 +97,6 @@ def loo_residual(x, v, valid, t_img, t_var, t_w, wk, n_sigma, resid, diff, other
             d = xi - o
             diff[j, i] = d
             other[j, i] = o
-            total = vi + ov
+            tol = tolerance * max(o, 0.0)
+            total = vi + ov + tol * tol
             resid[j, i] = d / np.sqrt(total) if total > 0 else 0.0

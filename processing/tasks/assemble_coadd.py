@@ -23,8 +23,9 @@ mask with the artefacts set CLIPPED, for the cell coadds).
    propagation thresholds, INEXACT_PSF and ``n_image``.
 4. **Statistics**: MEAN; MEANCLIP (``sigma_clip`` 3, ``clip_iter`` 2); SAFECLIP
    (default): artefacts found by :func:`processing.algorithms.artifacts.find_artifacts`
-   on the strip grown by ``artifact_margin`` rows are set CLIPPED in their
-   warps, then a MEAN with CLIPPED as a bad bit.
+   on the strip grown by ``artifact_margin`` rows (the warps matched to a
+   common PSF with kernels computed from their PSF models) are set CLIPPED in
+   their warps, then a MEAN with CLIPPED as a bad bit.
 5. **Coadd PSF** (3.7): a :class:`~store.coadd_psf.CoaddPsf`,
    the union of the warps' per-detector components (valid polygon, PSF on a
    grid) with the warps' weights, so that at any position it is the weighted
@@ -326,19 +327,6 @@ def _sampled_mean_variance(src: WarpSource, box: Box, bad: int, n_sigma: float,
     return float(stats.mean)
 
 
-def _psf_moments(psf, x: float, y: float) -> tuple[float, float, float]:
-    """Unweighted second moments ``(Ixx, Iyy, Ixy)`` of the PSF kernel at a position, pixels^2."""
-    k = np.clip(psf.kernel_image(x, y), 0, None)
-    k = k / k.sum()
-    half = k.shape[0] // 2
-    yy, xx = np.mgrid[-half:half + 1, -half:half + 1].astype(float)
-    mx, my = (k * xx).sum(), (k * yy).sum()
-    ixx = (k * (xx - mx) ** 2).sum()
-    iyy = (k * (yy - my) ** 2).sum()
-    ixy = (k * (xx - mx) * (yy - my)).sum()
-    return float(ixx), float(iyy), float(ixy)
-
-
 class _StripStacker:
     """The subregion loop: read every warp strip by strip, find artefacts, stack."""
 
@@ -356,8 +344,6 @@ class _StripStacker:
         budget = config.memory_budget_mb * 1e6
         rows = int(budget // (n * box.width * per_pixel)) - 2 * self.margin
         self.rows = int(np.clip(rows, 16, box.height))
-        cx, cy = box.center
-        self.moments = np.array([_psf_moments(s.psf, cx, cy) for s in sources])
         self.spans: list[list[np.ndarray]] = [[] for _ in sources]
         self.n_clipped_pixels = 0
 
@@ -368,6 +354,12 @@ class _StripStacker:
             inner = Box(b.x0, y0, b.width, min(self.rows, b.y1 - y0))
             lo, hi = max(b.y0, y0 - self.margin), min(b.y1, inner.y1 + self.margin)
             yield inner, Box(b.x0, lo, b.width, hi - lo)
+
+    def _find_artifacts(self, xs, vs, ms, grown: Box):
+        """The artefact finder on a strip, matching with the warps' PSF models there."""
+        return find_artifacts(xs, vs, ms, self.weights, bad_mask=self.bad,
+                              config=self.config.artifacts, psfs=[s.psf for s in self.sources],
+                              origin=(grown.x0, grown.y0))
 
     def run(self) -> dict[str, np.ndarray]:
         cfg = self.config
@@ -391,8 +383,7 @@ class _StripStacker:
                 np.bitwise_and(ms, remove, out=ms)
             a, z = inner.y0 - grown.y0, inner.y1 - grown.y0
             if self.safe:
-                found = find_artifacts(xs, vs, ms, self.weights, self.moments, bad_mask=self.bad,
-                                       config=cfg.artifacts)
+                found = self._find_artifacts(xs, vs, ms, grown)
                 clip = found.clipped[:, a:z]
                 for k in np.flatnonzero(clip.any(axis=(1, 2))):
                     ms[k, a:z][clip[k]] |= np.int32(bits("CLIPPED"))
