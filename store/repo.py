@@ -35,6 +35,7 @@ from .datastore import (
     BatchWriter,
     checksum_file,
     dataset_relpath,
+    serialize,
     transfer_file,
     verify_file,
 )
@@ -60,15 +61,6 @@ REGISTRY_FILE = "registry.duckdb"
 
 #: Arrow types of data-ID columns (typed even for empty tables).
 _KEY_ARROW = {"INTEGER": pa.int32(), "BIGINT": pa.int64(), "VARCHAR": pa.string()}
-
-
-def _serialize_all(objects: list, storage_classes: list):
-    """Serialise objects to bytes, one at a time (threads were measured not to help:
-    small-table encoding holds the GIL)."""
-    from .datastore import serialize
-
-    for obj, sc in zip(objects, storage_classes, strict=True):
-        yield serialize(lambda f, o=obj, w=sc.write: w(o, f))
 
 
 @dataclass
@@ -284,9 +276,11 @@ class Repo:
                  durable: bool = True) -> list[DatasetRef]:
         """Store and register many datasets with one registry commit.
 
-        Files are written first (each atomically); the registry rows are
-        committed afterwards in one transaction, so an interruption leaves
-        at worst orphan files, never a registered dataset without its file.
+        Files are written first (each to a temporary name, renamed when
+        complete; for dozens of files by a writer process, in parallel with
+        the serialisation); the registry rows are committed afterwards in one
+        transaction, once the files are durable, so an interruption leaves at
+        worst orphan files, never a registered dataset without its file.
 
         Parameters
         ----------
@@ -295,7 +289,8 @@ class Repo:
         run : str
             Existing RUN collection.
         durable : bool
-            fsync each file before it is renamed into place.
+            Flush the files to disk (one ``syncfs`` for the batch) before
+            registering them.
 
         Returns
         -------
@@ -306,44 +301,47 @@ class Repo:
         if not items:
             return []
         types, ids, expanded = self._prepare([(t, dict(d)) for _, t, d in items], run)
-        batch = BatchWriter(self.root, durable=durable)
-        rows: dict[str, list] = {k: [] for k in ("id", "dataset_type", "run", "data_id_key",
-                                                 "path", "size", "checksum", "created",
-                                                 "external")}
-        table_rows: dict[str, list[pa.Table]] = {}
+        n = len(items)
+        # Dozens of files: a writer process places them while this one serialises.
+        batch = BatchWriter(self.root, durable=durable, process=n >= 64)
+        root = str(self.root)
+        ref_ids = [uuid.uuid4() for _ in range(n)]
+        rels: list[str] = []
+        sizes: list[int] = []
+        checksums: list[str] = []
+        table_rows: dict[str, list] = {}
         units: dict[str, dict[str, str]] = {}
-        refs = []
-        now = _dt.datetime.now(_dt.UTC).replace(tzinfo=None)
+        classes = {dt.name: get_storage_class(dt.storage_class) for dt in types}
         try:
-            objects, scs = [], []
-            for (obj, _, _), dt in zip(items, types, strict=True):
-                sc = get_storage_class(dt.storage_class)
-                objects.append(as_arrow(obj) if sc.is_table else obj)
-                scs.append(sc)
-            for (obj, sc, dt, did), data in zip(
-                    zip(objects, scs, types, ids, strict=True),
-                    _serialize_all(objects, scs), strict=True):
-                rel = dataset_relpath(run, dt.name, did, sc.extension)
-                size, checksum = batch.write_bytes(self.root / rel, data)
-                ref_id = uuid.uuid4()
-                for k, v in (("id", ref_id), ("dataset_type", dt.name), ("run", run),
-                             ("data_id_key", data_id_key(did)), ("path", rel), ("size", size),
-                             ("checksum", checksum), ("created", now), ("external", False)):
-                    rows[k].append(v)
+            for (obj, _, _), dt, did, ref_id in zip(items, types, ids, ref_ids, strict=True):
+                sc = classes[dt.name]
                 if sc.is_table:
+                    obj = as_arrow(obj)
                     table_rows.setdefault(dt.name, []).append((obj, did, ref_id))
                     units.setdefault(dt.name, {}).update(column_units(obj))
-                refs.append(DatasetRef(ref_id, dt.name, did, run, rel, size, checksum))
+                data = serialize(lambda f, o=obj, w=sc.write: w(o, f), arrow_sink=sc.is_table)
+                rel = dataset_relpath(run, dt.name, did, sc.extension)
+                size, checksum = batch.write_bytes(f"{root}/{rel}", data)
+                rels.append(rel)
+                sizes.append(size)
+                checksums.append(checksum)
+            # The registry rows are built while the writer process finishes.
+            now = _dt.datetime.now(_dt.UTC).replace(tzinfo=None)
+            rows = {"id": ref_ids, "dataset_type": [dt.name for dt in types],
+                    "run": [run] * n, "data_id_key": [data_id_key(d) for d in ids],
+                    "path": rels, "size": sizes, "checksum": checksums, "created": [now] * n,
+                    "external": [False] * n}
+            dataset_rows = self._dataset_rows(rows, expanded)
+            sql_rows = {k: self._sql_rows_batch(v, self.get_dataset_type(k), run)
+                        for k, v in table_rows.items()}
             batch.commit()  # files durable under their final names before any row exists
-            self.registry.insert_datasets(
-                self._dataset_rows(rows, expanded),
-                {k: self._sql_rows_batch(v, self.get_dataset_type(k), run)
-                 for k, v in table_rows.items()},
-                units)
+            self.registry.insert_datasets(dataset_rows, sql_rows, units)
         except BaseException:
             batch.abort()  # nothing was registered: the files would be orphans
             raise
-        return refs
+        return [DatasetRef(ref_id, dt.name, did, run, rel, size, checksum)
+                for ref_id, dt, did, rel, size, checksum
+                in zip(ref_ids, types, ids, rels, sizes, checksums, strict=True)]
 
     @staticmethod
     def _dataset_rows(rows: dict[str, list], expanded: pa.Table) -> pa.Table:
@@ -362,19 +360,26 @@ class Repo:
     @staticmethod
     def _sql_rows_batch(entries: list[tuple[pa.Table, dict, uuid.UUID]], dt: DatasetType,
                         run: str) -> pa.Table:
-        """The SQL-table copy of many tables of one type: rows + data-ID columns + ids."""
+        """The SQL-table copy of many tables of one type: rows + data-ID columns + ids.
+
+        Returned as one contiguous chunk: DuckDB scans an Arrow table chunk by
+        chunk, and 2,000 ten-row chunks cost 40 times more than one.
+        """
         # Columns marked by exclude_from_sql (large blobs) stay in the files only.
-        tables = [t.drop_columns(sql_excluded_columns(t)) for t, _, _ in entries]
-        lengths = np.array([t.num_rows for t in tables])
-        out = pa.concat_tables(tables, promote_options="permissive")
+        tables = []
+        for t, _, _ in entries:
+            excluded = sql_excluded_columns(t)
+            tables.append(t.drop_columns(excluded) if excluded else t)
+        lengths = np.array([t.num_rows for t in tables], dtype=np.int64)
+        out = pa.concat_tables(tables, promote_options="permissive").combine_chunks()
+        take = np.repeat(np.arange(len(entries)), lengths)
         for key in dt.dimensions:
             if key not in out.column_names:
-                values = [did[key] for _, did, _ in entries]
-                out = out.append_column(key, pa.array(
-                    np.repeat(np.asarray(values, dtype=object), lengths).tolist(),
-                    type=_KEY_ARROW[KEY_TYPES[key]]))
-        ids = np.repeat(np.array([str(i) for _, _, i in entries], dtype=object), lengths)
-        out = out.append_column("_dataset_id", pa.array(ids.tolist(), pa.string()))
+                values = pa.array([did[key] for _, did, _ in entries],
+                                  type=_KEY_ARROW[KEY_TYPES[key]])
+                out = out.append_column(key, values.take(take))
+        ids = pa.array([str(i) for _, _, i in entries], pa.string()).take(take)
+        out = out.append_column("_dataset_id", ids)
         return out.append_column("_run", pa.array([run] * out.num_rows, pa.string()))
 
     @staticmethod
@@ -629,28 +634,31 @@ class Repo:
             return DatasetQueryResult(pa.table({"id": []}), {})
         joins = self._joins(dt, where or "")
         run_params = {f"_r{i}": r for i, r in enumerate(runs)}
-        rank = " ".join(f"WHEN ${k} THEN {i}" for i, k in enumerate(run_params))
         params = {"_type": dt.name, **run_params, **used_params(where or "", bind)}
+        tables = None
         if region is not None:
             # Regions first: the exact sphere test keeps few keys, and joining on
-            # them is cheaper than fetching every dataset and filtering after.
+            # them (an Arrow table, not list parameters) is cheaper than fetching
+            # every dataset and filtering after.
             element = self._spatial_element(dt)
-            keys, hits = self._region_hits(region, element)
-            params.update({f"_h{j}": [h[j] for h in hits] for j in range(len(keys))})
-            unnest = ", ".join(f"unnest($_h{j}) AS _h{j}" for j in range(len(keys)))
-            on = " AND ".join(f"d.{k} = _hits._h{j}" for j, k in enumerate(keys))
-            joins = f"JOIN (SELECT {unnest}) AS _hits ON {on} {joins}"
-        sql = (f"SELECT d.*, CASE d.run {rank} END AS _rank"
-               + f" FROM dataset d {joins} WHERE d.dataset_type = $_type AND d.run IN "
-               f"({', '.join('$' + k for k in run_params)})")
+            hits = self._region_hits(region, element)
+            keys = hits.column_names
+            tables = {"_hits": hits.rename_columns([f"_h_{k}" for k in keys])}
+            on = " AND ".join(f"d.{k} = _hits._h_{k}" for k in keys)
+            joins = f"JOIN _hits ON {on} {joins}"
+        ranked = find_first and len(runs) > 1
+        rank = " ".join(f"WHEN ${k} THEN {i}" for i, k in enumerate(run_params))
+        sql = ("SELECT d.*" + (f", CASE d.run {rank} END AS _rank" if ranked else "")
+               + f" FROM dataset d {joins} WHERE d.dataset_type = $_type AND d.run "
+               + (f"IN ({', '.join('$' + k for k in run_params)})" if len(runs) > 1
+                  else "= $_r0"))
         if where:
             sql += f" AND ({where})"
-        if find_first and len(runs) > 1:
+        if ranked:
             sql = (f"SELECT * EXCLUDE (_rn) FROM (SELECT *, row_number() OVER (PARTITION BY "
                    f"data_id_key ORDER BY _rank) AS _rn FROM ({sql})) WHERE _rn = 1")
-        sql += " ORDER BY data_id_key"
         try:
-            table = self.registry.query(sql, params)
+            table = self.registry.query(sql, params, tables=tables)
         except DrpError:
             raise
         except Exception as err:
@@ -658,7 +666,13 @@ class Repo:
 
             raise InvalidQueryError(
                 f"bad where clause {where!r}: {str(err).strip().splitlines()[0]}") from None
-        table = table.drop_columns([c for c in table.column_names if c.startswith("_")])
+        hidden = [c for c in table.column_names if c.startswith("_")]
+        if hidden:
+            table = table.drop_columns(hidden)
+        if table.num_rows > 1:  # sorting the few rows here is cheaper than an ORDER BY
+            import pyarrow.compute as pc
+
+            table = table.take(pc.sort_indices(table.column("data_id_key")))
         return DatasetQueryResult(table, {dt.name: dt.dimensions})
 
     def _spatial_element(self, dt: DatasetType) -> str:
@@ -713,7 +727,8 @@ class Repo:
         joins = []
         for element in elements:
             own = set(element.primary_key) | set(element.implied)
-            cols = [c.name for c in element.columns if c.name not in own]
+            # Only the columns the condition names (binding the others costs time).
+            cols = [c.name for c in element.columns if c.name not in own and c.name in words]
             alias = element.name
             keysel = ", ".join(f"{k} AS _k_{k}" for k in element.primary_key)
             colsel = ", ".join(cols)
@@ -722,8 +737,8 @@ class Repo:
             joins.append(f"LEFT JOIN ({inner}) AS {alias} ON {cond}")
         return " ".join(joins)
 
-    def _region_hits(self, region, element: str) -> tuple[list[str], list[tuple]]:
-        """Primary keys of the ``element`` records whose region meets ``region``.
+    def _region_hits(self, region, element: str) -> pa.Table:
+        """Primary keys (Arrow table) of the ``element`` records whose region meets ``region``.
 
         Answered from a :class:`~store.region_index.RegionIndex` of the element,
         loaded once and kept until the registry changes.
@@ -742,10 +757,10 @@ class Repo:
         if hit is None or hit[0] != stamp:
             table = self.registry.query(
                 f"SELECT {', '.join(keys)}, bc_x, bc_y, bc_z, bc_radius, region_ra, region_dec"
-                f" FROM {element}")
+                f" FROM {element}", bulk=True)
             hit = (stamp, RegionIndex(table, keys))
             cache[element] = hit
-        return keys, hit[1].hits(shape)
+        return hit[1].hit_table(shape)
 
     # -- SQL ------------------------------------------------------------------------------
     def sql(self, query: str, bind: Mapping[str, Any] | None = None, *,
