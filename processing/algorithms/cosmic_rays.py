@@ -43,6 +43,7 @@ from scipy.special import ndtr
 
 from store.masks import bits
 
+from ._repair_kernels import usable_and_candidates
 from .interpolate import interpolate_masked
 
 __all__ = ["CosmicRayConfig", "find_cosmic_rays", "psf_neighbour_ratios", "repair_cosmic_rays"]
@@ -161,32 +162,36 @@ def find_cosmic_rays(image: np.ndarray, variance: np.ndarray, mask: np.ndarray |
     ny, nx = image.shape
     work = np.array(image, dtype=np.float32, copy=True)
     var = np.asarray(variance, dtype=np.float32)
-    good = np.isfinite(work) & np.isfinite(var) & (var > 0)
-    if mask is not None and config.bad_mask_planes:
-        good &= (np.asarray(mask) & bits(config.bad_mask_planes)) == 0
-    # Pixels on the outermost rows/columns lack a full set of neighbours.
-    good_centre = good.copy()
-    good_centre[[0, -1], :] = False
-    good_centre[:, [0, -1]] = False
-    sigma = np.sqrt(np.where(good, var, np.inf), dtype=np.float32)
+    # Usable pixels and the first candidates in one pass (_repair_kernels).
+    good = np.empty((ny, nx), dtype=bool)
+    bad_bits = bits(config.bad_mask_planes) if mask is not None else 0
+    candidates = usable_and_candidates(work, var, np.asarray(mask) if bad_bits else None,
+                                       bad_bits, config.min_sigma, good)
     ratios = psf_neighbour_ratios(config.psf_scale * psf_sigma)
 
     cr = np.zeros((ny, nx), dtype=bool)
     flat_cr, flat_work = cr.ravel(), work.ravel()
-    flat_centre, flat_sigma = good_centre.ravel(), sigma.ravel()
-    candidates = np.flatnonzero(good_centre & (np.nan_to_num(work) > config.min_sigma * sigma))
+    flat_good, flat_var = good.ravel(), var.ravel()
+
+    def sigma_at(idx):  # float32, infinite on unusable pixels
+        return np.sqrt(np.where(flat_good[idx], flat_var[idx], np.float32(np.inf)))
+
     for _ in range(config.n_iter + 1):
         if len(candidates) == 0:
             break
-        hits = candidates[_too_sharp(work, var, sigma, good, candidates, ratios, config)]
+        hits = candidates[_too_sharp(work, var, sigma_at(candidates), good, candidates, ratios,
+                                     config)]
         if len(hits) == 0:
             break
         flat_cr[hits] = True
         _replace_with_neighbour_mean(work, cr, good, hits)
-        # Next pass: the not-yet-flagged significant neighbours of the new hits.
+        # Next pass: the not-yet-flagged significant neighbours of the new hits, off the
+        # outermost rows and columns (they lack a full set of neighbours).
         near = _neighbours(hits, cr.shape)
-        near = near[flat_centre[near] & ~flat_cr[near]]
-        candidates = near[flat_work[near] > config.min_sigma * flat_sigma[near]]
+        yy, xx = np.divmod(near, nx)
+        centre = flat_good[near] & (yy > 0) & (yy < ny - 1) & (xx > 0) & (xx < nx - 1)
+        near = near[centre & ~flat_cr[near]]
+        candidates = near[flat_work[near] > config.min_sigma * sigma_at(near)]
     for _ in range(config.grow):
         flat_cr[_neighbours(np.flatnonzero(cr), cr.shape)] = True
     return cr
@@ -220,12 +225,11 @@ def repair_cosmic_rays(image: np.ndarray, variance: np.ndarray, mask: np.ndarray
     return interpolate_masked(image, mask, bits("CR"), include_nan=False)
 
 
-def _too_sharp(work, var, sigma, good, idx, ratios, config) -> np.ndarray:
-    """Conditions 2 and 3 for the flat pixels ``idx`` (any direction passing)."""
+def _too_sharp(work, var, s, good, idx, ratios, config) -> np.ndarray:
+    """Conditions 2 and 3 for the flat pixels ``idx`` (noise ``s``; any direction passing)."""
     nx = work.shape[1]
     flat_v, flat_var, flat_good = work.ravel(), var.ravel(), good.ravel()
     v = flat_v[idx]
-    s = sigma.ravel()[idx]
     hit = np.zeros(len(idx), dtype=bool)
     for dy, dx in _DIRECTIONS:
         p = ratios[1] if dy and dx else ratios[0]
@@ -245,13 +249,12 @@ def _replace_with_neighbour_mean(work, cr, good, hits) -> None:
     y, x = np.divmod(hits, nx)
     total = np.zeros(len(hits))
     count = np.zeros(len(hits))
-    usable = good & ~cr
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
             if dy == 0 and dx == 0:
                 continue
             yy, xx = np.clip(y + dy, 0, ny - 1), np.clip(x + dx, 0, nx - 1)
-            ok = usable[yy, xx]
+            ok = good[yy, xx] & ~cr[yy, xx]
             total += np.where(ok, work[yy, xx], 0.0)
             count += ok
     work[y, x] = np.where(count > 0, total / np.maximum(count, 1), 0.0)

@@ -21,6 +21,8 @@ import numpy as np
 
 from store.masks import bits
 
+from ._repair_kernels import fill_rows
+
 __all__ = ["interpolate_masked"]
 
 
@@ -75,35 +77,17 @@ def interpolate_masked(
         bad |= ~np.isfinite(image)
     n_bad = int(bad.sum())
     if n_bad:
-        if fallback is None:
+        # The fallback only fills runs touching the left or right edge: skip the
+        # (full-image) median when there are none.
+        if fallback is None and (bad[:, 0].any() or bad[:, -1].any()):
             good_values = image[~bad]
             fallback = max(float(np.median(good_values)), 0.0) if good_values.size else 0.0
+        elif fallback is None:
+            fallback = 0.0  # never used
         rows = np.flatnonzero(bad.any(axis=1))
-        _fill_rows(image, bad, rows, float(fallback))
+        fill_rows(image, bad, rows, float(fallback))
         mask[bad] |= bits("INTRP")
     if variance is not None:
         with np.errstate(invalid="ignore"):
             variance[~(variance > 0)] = np.inf
     return n_bad
-
-
-def _fill_rows(image: np.ndarray, bad: np.ndarray, rows: np.ndarray, fallback: float) -> None:
-    """Linear interpolation between the nearest good pixels, for the given rows at once."""
-    sub_bad = bad[rows]
-    sub = image[rows].astype(float)
-    nx = image.shape[1]
-    col = np.broadcast_to(np.arange(nx), sub_bad.shape)
-    # Index of the nearest good pixel at or before / at or after each column.
-    left = np.maximum.accumulate(np.where(sub_bad, -1, col), axis=1)
-    right = np.minimum.accumulate(np.where(sub_bad, nx, col)[:, ::-1], axis=1)[:, ::-1]
-    inner = sub_bad & (left >= 0) & (right < nx)
-    li = np.clip(left, 0, nx - 1)
-    ri = np.clip(right, 0, nx - 1)
-    vl = np.take_along_axis(sub, li, axis=1)
-    vr = np.take_along_axis(sub, ri, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        t = (col - left) / (right - left)
-        line = vl + t * (vr - vl)
-    filled = np.where(inner, line, fallback)
-    sub[sub_bad] = filled[sub_bad]
-    image[rows] = sub

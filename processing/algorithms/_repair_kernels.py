@@ -1,0 +1,95 @@
+"""Compiled pixel loops of :mod:`~processing.algorithms.cosmic_rays` and
+:mod:`~processing.algorithms.interpolate` (numba).
+
+Each replaces several full-image numpy temporaries with one pass; the
+arithmetic is that of the numpy code (float32 comparisons where it compared
+float32 arrays, float64 interpolation), so the results are the same.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+__all__: list[str] = []  # private helpers
+
+_OPTS = {"cache": True, "nogil": True, "error_model": "numpy"}
+
+
+@numba.njit(**_OPTS)
+def usable_and_candidates(image, variance, mask, bad_bits, min_sigma, good):
+    """Usable pixels and the cosmic-ray candidates of ``find_cosmic_rays``.
+
+    ``good`` (output, bool) marks pixels whose float32 value and variance are
+    finite, the variance positive and (with a mask) none of ``bad_bits`` set.
+    Returns the flat indices, in raster order, of the good pixels off the
+    outermost rows and columns with ``v > min_sigma * sqrt(var)`` (float32).
+    """
+    ny, nx = image.shape
+    m32 = np.float32(min_sigma)
+    # Pre-test in float64 with a margin far above float32 rounding; only pixels
+    # passing it get the exact float32 test (and its square root).
+    loose = np.float64(m32) * np.float64(m32) * (1.0 - 1e-4)
+    out = np.empty(1024, dtype=np.int64)
+    maybe = np.empty(nx, dtype=np.bool_)
+    n = 0
+    for y in range(ny):
+        row_v = image[y]
+        row_var = variance[y]
+        row_good = good[y]
+        for x in range(nx):
+            v = np.float32(row_v[x])
+            var = np.float32(row_var[x])
+            ok = math.isfinite(v) & math.isfinite(var) & (var > 0)
+            if mask is not None:
+                ok = ok & ((mask[y, x] & bad_bits) == 0)
+            row_good[x] = ok
+            vd = np.float64(v)
+            maybe[x] = ok & (vd > 0) & (vd * vd >= loose * np.float64(var))
+        if y == 0 or y == ny - 1:
+            continue
+        for x in range(1, nx - 1):
+            if maybe[x]:
+                v = np.float32(row_v[x])
+                if v > m32 * np.float32(math.sqrt(np.float32(row_var[x]))):
+                    if n == out.size:
+                        bigger = np.empty(2 * n, dtype=np.int64)
+                        bigger[:n] = out
+                        out = bigger
+                    out[n] = y * nx + x
+                    n += 1
+    return out[:n].copy()
+
+
+@numba.njit(**_OPTS)
+def fill_rows(image, bad, rows, fallback):
+    """Replace the bad pixels of ``rows`` by the line between their nearest good neighbours.
+
+    As ``interpolate._fill_rows``: values in float64, ``v_l + t (v_r - v_l)``
+    with ``t = (c - l) / (r - l)``; pixels without a good neighbour on both
+    sides get ``fallback``.
+    """
+    nx = image.shape[1]
+    for y in rows:
+        left = -1
+        x = 0
+        while x < nx:
+            if not bad[y, x]:
+                left = x
+                x += 1
+                continue
+            end = x  # the run of bad pixels x .. end - 1
+            while end < nx and bad[y, end]:
+                end += 1
+            if left >= 0 and end < nx:
+                vl = np.float64(image[y, left])
+                vr = np.float64(image[y, end])
+                for c in range(x, end):
+                    t = (c - left) / (end - left)
+                    image[y, c] = vl + t * (vr - vl)
+            else:
+                for c in range(x, end):
+                    image[y, c] = fallback
+            x = end
