@@ -128,7 +128,12 @@ def threshold_runs(smoothed, smoothed_var, sign, threshold, level, half):
     width = nx - 2 * half
     if width <= 0:
         return runs[:0].copy()
-    above = np.zeros(width + 1, dtype=np.bool_)  # a False sentinel closes the last run
+    # Flags of one row as bytes (a 0 sentinel closes the last run), scanned 8 at a
+    # time: words of all-0 (outside a run) or all-1 (inside) are skipped whole.
+    n_words = width // 8 + 1
+    above = np.zeros(8 * n_words, dtype=np.uint8)
+    words = above.view(np.uint64)
+    ones = np.uint64(0x0101010101010101)
     for y in range(half, ny - half):
         values = smoothed[y, half : nx - half]
         if smoothed_var is not None:
@@ -139,13 +144,17 @@ def threshold_runs(smoothed, smoothed_var, sign, threshold, level, half):
             for i in range(width):
                 above[i] = s32 * values[i] > l32
         start = -1
-        for i in range(width + 1):
-            if above[i]:
-                if start < 0:
-                    start = i
-            elif start >= 0:
-                runs, n = _append(runs, n, y, start + half, i - 1 + half)
-                start = -1
+        for k in range(n_words):
+            w = words[k]
+            if (start < 0 and w == 0) or (start >= 0 and w == ones):
+                continue
+            for i in range(8 * k, 8 * k + 8):
+                if above[i]:
+                    if start < 0:
+                        start = i
+                elif start >= 0:
+                    runs, n = _append(runs, n, y, start + half, i - 1 + half)
+                    start = -1
     return runs[:n].copy()
 
 
