@@ -211,12 +211,15 @@ def _syncfs(path: Path) -> bool:
 class _WriterProcess:
     """The writer process of a batch (see :mod:`store._file_writer`)."""
 
-    def __init__(self):
+    def __init__(self, sync_root: Path | None):
         import subprocess
 
-        self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", _file_writer.__file__], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, bufsize=1 << 16, close_fds=True)
+        args = [sys.executable, "-I", "-S", _file_writer.__file__]
+        if sync_root is not None:
+            args.append(os.fspath(sync_root))
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     bufsize=1 << 16, close_fds=True)
+        self.synced = False
         with contextlib.suppress(Exception):  # a deep pipe: never wait for its start-up
             import fcntl
 
@@ -249,6 +252,7 @@ class _WriterProcess:
         if error is not None:
             kind = FileExistsError if error["type"] == "FileExistsError" else OSError
             error = kind(error["errno"], error["message"])
+        self.synced = bool(report.get("synced"))
         return self.sent[:report["placed"]], error
 
 
@@ -260,9 +264,10 @@ class BatchWriter:
     :func:`rename_noreplace`), so a reader never sees a partial file.  With
     ``process=True``, small files are handed to a writer process (see
     :mod:`store._file_writer`) which creates directories, writes and renames
-    while the caller serialises the next objects; larger ones, and all files
-    without it, are written by the caller.  :meth:`commit` waits for the
-    writer and flushes the filesystem once (``syncfs``; where that is
+    while the caller serialises the next objects, then flushes the
+    filesystem; larger ones, and all files without it, are written by the
+    caller.  :meth:`commit` waits for the writer and makes sure the filesystem
+    was flushed once after the last file (``syncfs``; where that is
     unavailable, an fsync of every file and directory): when it returns,
     contents and names are durable, and only then may the caller register
     the files.  A crash before that leaves only unregistered files, which
@@ -293,6 +298,7 @@ class BatchWriter:
         self._dirs: set[str] = set()  # directories known to exist
         self._use_process = process and os.environ.get("DRP_WRITER_PROCESS", "1") != "0"
         self._writer: _WriterProcess | None = None
+        self._wrote_here = False      # some file was written by this process
 
     def write(self, path: Path, write: Callable[[Any], None]) -> tuple[int, str]:
         """Write ``path`` through ``write(fileobj)``; (size, checksum).
@@ -314,31 +320,39 @@ class BatchWriter:
         size = len(data)
         self._tmp.append(tmp)
         if self._use_process and size <= self.PROCESS_MAX_BYTES:
-            if self._writer is None:
-                try:
-                    self._writer = _WriterProcess()
-                except OSError:
-                    self._use_process = False
+            self.start()
             if self._writer is not None:
                 self._writer.send(tmp, final, data)
                 return size, f"{_CHECKSUM}:{digest}"
         _file_writer.write_file(tmp, final, data, self._dirs)
         self._done.append(final)
+        self._wrote_here = True
         return size, f"{_CHECKSUM}:{digest}"
 
-    def _finish_writer(self) -> Exception | None:
+    def start(self) -> None:
+        """Start the writer process now (its start-up then overlaps the caller's work)."""
+        if self._use_process and self._writer is None:
+            try:
+                self._writer = _WriterProcess(self.root if self.durable else None)
+            except OSError:
+                self._use_process = False
+
+    def _finish_writer(self) -> tuple[Exception | None, bool]:
+        """Wait for the writer process: (its error, whether it flushed the filesystem)."""
         if self._writer is None:
-            return None
-        placed, error = self._writer.finish()
-        self._writer = None
+            return None, False
+        writer, self._writer = self._writer, None
+        placed, error = writer.finish()
         self._done.extend(placed)
-        return error
+        return error, writer.synced
 
     def commit(self) -> list[str]:
         """Make every written file durable under its final name; returns the final paths."""
-        error = self._finish_writer()
+        error, synced = self._finish_writer()
         if error is not None:
             raise error
+        if synced and not self._wrote_here:
+            return list(self._done)  # the writer process flushed after its last file
         if self.durable and self._done and not _syncfs(self.root):
             for final in self._done:
                 fd = os.open(final, os.O_RDONLY)

@@ -300,10 +300,16 @@ class Repo:
         items = list(items)
         if not items:
             return []
-        types, ids, expanded = self._prepare([(t, dict(d)) for _, t, d in items], run)
         n = len(items)
-        # Dozens of files: a writer process places them while this one serialises.
+        # Dozens of files: a writer process places them while this one serialises
+        # (started first, so its start-up overlaps the validation).
         batch = BatchWriter(self.root, durable=durable, process=n >= 64)
+        batch.start()
+        try:
+            types, ids, expanded = self._prepare([(t, dict(d)) for _, t, d in items], run)
+        except BaseException:
+            batch.abort()
+            raise
         root = str(self.root)
         ref_ids = [uuid.uuid4() for _ in range(n)]
         rels: list[str] = []

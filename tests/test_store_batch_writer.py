@@ -97,3 +97,26 @@ def test_rename_noreplace_refuses_an_existing_destination(tmp_path):
     assert (tmp_path / "old").read_bytes() == b"old" and (tmp_path / "new").exists()
     rename_noreplace(tmp_path / "new", tmp_path / "moved")
     assert (tmp_path / "moved").read_bytes() == b"new" and not (tmp_path / "new").exists()
+
+
+def test_writer_process_protocol_reports_placed_files_and_flush(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from store import _file_writer
+
+    records = b""
+    for i in range(3):
+        tmp, final = (os.fsencode(tmp_path / "d" / f"f{i}{suffix}") for suffix in (".tmp", ""))
+        data = b"%d" % i
+        records += _file_writer.HEADER.pack(len(tmp), len(final), len(data)) + tmp + final + data
+    out = subprocess.run([sys.executable, "-I", "-S", _file_writer.__file__, str(tmp_path)],
+                         input=records, capture_output=True, check=True).stdout
+    report = json.loads(out)
+    assert report["placed"] == 3 and report["error"] is None and report["synced"] in (True, False)
+    assert [(tmp_path / "d" / f"f{i}").read_bytes() for i in range(3)] == [b"0", b"1", b"2"]
+    # Again: every name exists now, so the first record fails and the rest are skipped.
+    report = json.loads(subprocess.run([sys.executable, "-I", "-S", _file_writer.__file__],
+                                       input=records, capture_output=True, check=True).stdout)
+    assert report["placed"] == 0 and report["error"]["type"] == "FileExistsError"
