@@ -93,3 +93,37 @@ def fill_rows(image, bad, rows, fallback):
                 for c in range(x, end):
                     image[y, c] = fallback
             x = end
+
+
+@numba.njit(**_OPTS)
+def prepare_planes_into(image, variance, mask, no_data, out_image, out_variance, out_mask):
+    """float32/int32 copies of the planes with unusable pixels repaired, in one pass.
+
+    A pixel whose float32 value or variance is not finite, or whose variance is
+    not positive, gets ``no_data`` in the mask, value 0 and variance +inf.
+    Returns the number, minimum and maximum of the finite float32 values.
+    """
+    ny, nx = image.shape
+    n = 0
+    lo = np.inf
+    hi = -np.inf
+    for y in range(ny):
+        for x in range(nx):
+            v = np.float32(image[y, x])
+            var = np.float32(variance[y, x])
+            m = np.int32(mask[y, x])
+            if math.isfinite(v):
+                n += 1
+                vd = np.float64(v)
+                if vd < lo:
+                    lo = vd
+                if vd > hi:
+                    hi = vd
+            if not (math.isfinite(v) and math.isfinite(var) and var > 0):
+                m |= no_data
+                v = np.float32(0.0)
+                var = np.float32(np.inf)
+            out_image[y, x] = v
+            out_variance[y, x] = var
+            out_mask[y, x] = m
+    return n, lo, hi

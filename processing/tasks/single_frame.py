@@ -13,6 +13,7 @@ from store.exposure import Exposure
 from store.geom import Box
 from store.masks import bits
 
+from ..algorithms._repair_kernels import prepare_planes_into
 from ..algorithms.background import BackgroundList
 from ..algorithms.deblend import DeblendConfig, deblend
 from ..algorithms.detection import DetectionConfig, detect_sources
@@ -75,21 +76,22 @@ def bbox_tuple(bbox: Box) -> tuple[float, float, float, float]:
 
 
 def prepare_planes(exp: Exposure):
-    """Validate the pixels; NaNs become NO_DATA (value 0, variance inf)."""
-    image = exp.image.astype(np.float32, copy=True)
-    variance = exp.variance.astype(np.float32, copy=True)
-    mask = exp.mask.astype(np.int32, copy=True)
-    finite = np.isfinite(image)
-    if not finite.any():
+    """Validate the pixels; NaNs become NO_DATA (value 0, variance inf).
+
+    Returns float32 image and variance and int32 mask copies, made in one
+    compiled pass.
+    """
+    shape = exp.image.shape
+    image = np.empty(shape, dtype=np.float32)
+    variance = np.empty(shape, dtype=np.float32)
+    mask = np.empty(shape, dtype=np.int32)
+    n_finite, low, high = prepare_planes_into(
+        np.asarray(exp.image), np.asarray(exp.variance), np.asarray(exp.mask),
+        np.int32(bits("NO_DATA")), image, variance, mask)
+    if n_finite == 0:
         raise SingleFrameError("image has no finite pixel")
-    values = image[finite]
-    if float(values.max()) == float(values.min()):
-        raise SingleFrameError(f"image is constant ({values[0]:g})")
-    bad = ~finite | ~np.isfinite(variance) | (variance <= 0)
-    if bad.any():
-        mask[bad] |= np.int32(bits("NO_DATA"))
-        image[bad] = 0.0
-        variance[bad] = np.inf
+    if low == high:
+        raise SingleFrameError(f"image is constant ({low:g})")
     return image, variance, mask
 
 
