@@ -369,3 +369,67 @@ def keep_runs(runs, keep_label, run_label):
             out[n] = runs[r]
             n += 1
     return out[:n].copy()
+
+
+# -------------------------------------------------------------------------------- deblend
+
+
+@numba.njit(**_OPTS)
+def steepest_neighbour(labels, values, pix, fp_of, out):
+    """For every pixel ``pix[k]`` of footprint ``fp_of[k]``: the flat index of the highest
+    of itself and its 8 neighbours in the same footprint, in (value, flat index) order."""
+    ny, nx = labels.shape
+    for k in range(pix.size):
+        p = pix[k]
+        y, x = p // nx, p % nx
+        f = fp_of[k]
+        best_v = values[y, x]
+        best = p
+        for dy in range(-1, 2):
+            yy = y + dy
+            if yy < 0 or yy >= ny:
+                continue
+            for dx in range(-1, 2):
+                xx = x + dx
+                if (dy == 0 and dx == 0) or xx < 0 or xx >= nx or labels[yy, xx] != f:
+                    continue
+                v = values[yy, xx]
+                j = yy * nx + xx
+                if v > best_v or (v == best_v and j > best):
+                    best_v = v
+                    best = j
+        out[k] = best
+
+
+@numba.njit(**_OPTS)
+def basin_saddles(labels, pos, pix, fp_of, node, val):
+    """Neighbouring pixel pairs of one footprint in different basins.
+
+    Returns ``(min node, max node, min value)`` per pair (each unordered pair
+    once: right, down-left, down, down-right neighbours); ``pos`` maps a flat
+    index of a footprint pixel to its position in ``pix``.
+    """
+    ny, nx = labels.shape
+    n = pix.size
+    cap = 4 * n
+    a = np.empty(cap, dtype=node.dtype)
+    b = np.empty(cap, dtype=node.dtype)
+    s = np.empty(cap, dtype=val.dtype)
+    m = 0
+    for k in range(n):
+        p = pix[k]
+        y, x = p // nx, p % nx
+        f = fp_of[k]
+        for d in range(4):
+            dy, dx = (0, 1) if d == 0 else ((1, -1) if d == 1 else ((1, 0) if d == 2 else (1, 1)))
+            yy, xx = y + dy, x + dx
+            if yy >= ny or xx < 0 or xx >= nx or labels[yy, xx] != f:
+                continue
+            q = pos[yy * nx + xx]
+            na, nb = node[k], node[q]
+            if na != nb:
+                a[m] = min(na, nb)
+                b[m] = max(na, nb)
+                s[m] = min(val[k], val[q])
+                m += 1
+    return a[:m].copy(), b[:m].copy(), s[:m].copy()

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._detection_kernels import basin_saddles, steepest_neighbour
 from .detection import DetectionResult, convolve_separable, gaussian_kernel
 
 __all__ = ["CATALOG_DTYPE", "DeblendConfig", "DeblendResult", "deblend"]
@@ -48,9 +49,6 @@ CATALOG_DTYPE = np.dtype([
     ("peak_value", np.float32), ("peak_significance", np.float32),
     ("deblend_tooManyPeaks", bool), ("deblend_parentTooBig", bool), ("deblend_skipped", bool),
 ])
-
-_NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
-_FORWARD = [(0, 1), (1, -1), (1, 0), (1, 1)]  # each unordered neighbour pair once
 
 
 @dataclass(frozen=True)
@@ -178,13 +176,14 @@ def deblend(detection: DetectionResult, image: np.ndarray, variance: np.ndarray,
     too_big = (fps["n_peaks"] >= 2) & (fps["area"] > config.max_footprint_area)
     catalog["deblend_parentTooBig"] = too_big
     catalog["deblend_skipped"] = too_big
-    segmentation = labels.astype(np.int32, copy=True)
-
     candidates = np.flatnonzero((fps["n_peaks"] >= 2) & ~too_big) + 1
     if len(candidates) == 0:
-        return DeblendResult(catalog, segmentation)
+        return DeblendResult(catalog, labels.astype(np.int32, copy=True))
+    # The segmentation's memory first serves _split as its pixel -> position map.
+    segmentation = np.empty(shape, dtype=np.int32)
     node_fp, node_flat, node_val, node_sig, pix, pix_child_node, too_many = _split(
-        candidates, detection, smoothed, smoothed_var, config)
+        candidates, detection, smoothed, smoothed_var, config, segmentation)
+    np.copyto(segmentation, labels, casting="unsafe")
 
     # Footprints with >= 2 significant peaks get children, brightest first.
     counts = np.bincount(node_fp, minlength=n_fp + 1)[1:]
@@ -211,11 +210,15 @@ def deblend(detection: DetectionResult, image: np.ndarray, variance: np.ndarray,
     return DeblendResult(np.concatenate([catalog, kids]), segmentation)
 
 
-def _split(candidates, detection, smoothed, smoothed_var, config):
-    """Segment the candidate footprints; returns their significant nodes and pixel owners."""
+def _split(candidates, detection, smoothed, smoothed_var, config, scratch):
+    """Segment the candidate footprints; returns their significant nodes and pixel owners.
+
+    ``scratch`` (int32, image-sized, contents irrelevant) holds the position of
+    every candidate pixel in the pixel list; it is only read at candidate pixels.
+    """
     labels = detection.labels
-    ny, nx = labels.shape
-    flat_lab, flat_val = labels.ravel(), smoothed.ravel()
+    nx = labels.shape[1]
+    flat_val = smoothed.ravel()
     # Pixels of the candidate footprints, from the detection's CSR lists.
     starts = detection.pixel_offsets[candidates - 1]
     lengths = detection.pixel_offsets[candidates] - starts
@@ -223,25 +226,18 @@ def _split(candidates, detection, smoothed, smoothed_var, config):
     shift = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
     pix = detection.pixel_index[np.arange(total) + shift]
     fp_of = np.repeat(candidates, lengths).astype(np.int32)
-    py, px = np.divmod(pix, nx)
     val = flat_val[pix]
-    pos = np.full(ny * nx, -1, dtype=np.int64 if total >= 2**31 else np.int32)
+    pos = scratch.ravel()
     pos[pix] = np.arange(total)
 
     # Steepest ascent in (value, flat index) order, staying inside the footprint.
-    best_val, best_flat = val.copy(), pix.copy()
-    for dy, dx in _NEIGHBOURS:
-        yy, xx = py + dy, px + dx
-        ok = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
-        j = np.where(ok, yy * nx + xx, pix)
-        ok &= flat_lab[j] == fp_of
-        vj = flat_val[j]
-        better = ok & ((vj > best_val) | ((vj == best_val) & (j > best_flat)))
-        best_val = np.where(better, vj, best_val)
-        best_flat = np.where(better, j, best_flat)
-    peak_flat = detection.peaks["y"].astype(np.int64) * nx + detection.peaks["x"]
-    peak_pos = pos[peak_flat]
-    peak_pos = peak_pos[peak_pos >= 0]  # peaks of the candidate footprints
+    best_flat = np.empty(total, dtype=np.int64)
+    steepest_neighbour(labels, smoothed, pix, fp_of, best_flat)
+    is_candidate = np.zeros(len(detection.footprints) + 1, dtype=bool)
+    is_candidate[candidates] = True
+    peaks = detection.peaks[is_candidate[detection.peaks["footprint"]]]
+    peak_flat = peaks["y"].astype(np.int64) * nx + peaks["x"]
+    peak_pos = pos[peak_flat]  # peaks of the candidate footprints
     best_flat[peak_pos] = pix[peak_pos]  # detection peaks always seed a basin
     ptr = pos[best_flat].astype(np.int64)
     while True:  # pointer doubling: log2(longest ascent path) passes
@@ -258,19 +254,7 @@ def _split(candidates, detection, smoothed, smoothed_var, config):
     is_peak[np.searchsorted(seeds, peak_pos)] = True
 
     # Saddles: the highest min(v_i, v_j) over neighbouring pixel pairs in different basins.
-    a_list, b_list, s_list = [], [], []
-    for dy, dx in _FORWARD:
-        yy, xx = py + dy, px + dx
-        ok = (yy < ny) & (xx >= 0) & (xx < nx)
-        j = np.where(ok, yy * nx + xx, pix)
-        ok &= flat_lab[j] == fp_of
-        pj = pos[j[ok]]
-        na, nb = node[ok], node[pj]
-        cross = na != nb
-        a_list.append(np.minimum(na, nb)[cross])
-        b_list.append(np.maximum(na, nb)[cross])
-        s_list.append(np.minimum(val[ok], val[pj])[cross])
-    a, b, s = (np.concatenate(x) for x in (a_list, b_list, s_list))
+    a, b, s = basin_saddles(labels, pos, pix, fp_of, node, val)
     key = a.astype(np.int64) * n_nodes + b
     order = np.lexsort((s, key))
     last = np.r_[key[order][1:] != key[order][:-1], True]
