@@ -17,98 +17,11 @@ import math
 import numba
 import numpy as np
 
-from ._measure_kernels import _select
+from ._measure_kernels import select_ranks
 
 __all__: list[str] = []  # private helpers of processing.algorithms.background
 
 _OPTS = {"cache": True, "nogil": True, "error_model": "numpy"}
-
-
-@numba.njit(**_OPTS)
-def select_ranks(a, n, ranks, out, work):
-    """``out[q]`` = the ``ranks[q]``-th smallest of ``a[:n]`` (``ranks`` ascending; ``a`` kept).
-
-    A sorted sub-sample brackets the requested ranks with a value window; one
-    pass histograms the values into 1024 buckets over it, a second gathers the
-    buckets holding the ranks into ``work`` and each rank is selected exactly
-    there.  Ranks outside the window (unlucky sample) fall back to quickselect
-    on a copy.  Branchy quickselect over all values was 3x slower.
-    """
-    m = ranks.size
-    if n <= 4096:
-        work[:n] = a[:n]
-        _select_sequential(work, n, ranks, out)
-        return
-    step = n // 512
-    ns = n // step
-    sample = np.sort(a[0 : ns * step : step])
-    margin = 4 * int(math.sqrt(ns)) + 2  # ~4 sigma of the sample rank scatter
-    i_lo = max(ranks[0] * ns // n - margin, 0)
-    i_hi = min(ranks[m - 1] * ns // n + margin, ns - 1)
-    w_lo, w_hi = np.float64(sample[i_lo]), np.float64(sample[i_hi])
-    nb = 1024
-    scale = nb / (w_hi - w_lo) if w_hi > w_lo else 0.0
-    counts = np.zeros(nb, dtype=np.int64)
-    under = 0
-    for i in range(n):
-        v = np.float64(a[i])
-        if v < w_lo:
-            under += 1
-        elif v <= w_hi:
-            counts[min(int((v - w_lo) * scale), nb - 1)] += 1
-    bucket = np.empty(m, dtype=np.int64)
-    within = np.empty(m, dtype=np.int64)
-    ok = True
-    cum = under
-    b = 0
-    for q in range(m):
-        if ranks[q] < under:
-            ok = False
-            break
-        while b < nb and cum + counts[b] <= ranks[q]:
-            cum += counts[b]
-            b += 1
-        if b == nb:
-            ok = False
-            break
-        bucket[q] = b
-        within[q] = ranks[q] - cum
-    if not ok:
-        work[:n] = a[:n]
-        _select_sequential(work, n, ranks, out)
-        return
-    slot = np.full(nb, -1, dtype=np.int64)
-    start = np.zeros(m + 1, dtype=np.int64)
-    n_slots = 0
-    for q in range(m):
-        if slot[bucket[q]] < 0:
-            slot[bucket[q]] = n_slots
-            start[n_slots + 1] = start[n_slots] + counts[bucket[q]]
-            n_slots += 1
-    fill = start[:n_slots].copy()
-    for i in range(n):
-        v = np.float64(a[i])
-        if w_lo <= v <= w_hi:
-            k = slot[min(int((v - w_lo) * scale), nb - 1)]
-            if k >= 0:
-                work[fill[k]] = a[i]
-                fill[k] += 1
-    for q in range(m):
-        k = slot[bucket[q]]
-        j = start[k] + within[q]
-        _select(work, start[k], start[k + 1], j)
-        out[q] = work[j]
-
-
-@numba.njit(**_OPTS)
-def _select_sequential(a, n, ranks, out):
-    """Quickselect of ascending ranks in ``a[:n]`` (reordered), each above the previous."""
-    begin = 0
-    for q in range(ranks.size):
-        if ranks[q] >= begin:
-            _select(a, begin, n, ranks[q])
-            begin = ranks[q] + 1
-        out[q] = a[ranks[q]]
 
 
 @numba.njit(**_OPTS)

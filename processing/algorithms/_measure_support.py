@@ -13,13 +13,20 @@ import pyarrow as pa
 
 from store.formats.parquet import with_units
 
-from ._measure_kernels import add_stamps, clean_into, cut_into, family_image, removed_into
+from ._measure_kernels import (
+    add_stamps,
+    clean_into,
+    cut_into,
+    label_counts,
+    subtract_unlabelled,
+    tile_index,
+)
 
 __all__ = [
     "CENTER_FLAGS",
+    "MODEL_TILE",
     "PIXEL_PLANES",
     "Scene",
-    "add_models",
     "aperture_column",
     "column_spec",
     "cut",
@@ -33,6 +40,8 @@ __all__ = [
 #: pixelFlags_<name> -> mask plane.
 PIXEL_PLANES = {"edge": "EDGE", "bad": "BAD", "saturated": "SAT", "interpolated": "INTRP",
                 "cr": "CR", "suspect": "SUSPECT", "nodata": "NO_DATA"}
+#: Side of the tiles holding the children's fitted models, pixels.
+MODEL_TILE = 64
 #: Flags that also have a ``<name>Center`` variant (central 3x3 pixels).
 CENTER_FLAGS = ("saturated", "interpolated", "cr", "suspect")
 
@@ -44,7 +53,14 @@ def aperture_column(radius: float) -> str:
 
 
 class Scene:
-    """Image planes and neighbour-removal state; cuts cleaned stamps on demand."""
+    """Image planes and neighbour-removal state; cuts cleaned stamps on demand.
+
+    The family of a pixel is ``lut[labels]`` (see ``_measure_kernels.family_at``;
+    0 off the segments).  ``removed`` holds the replacement noise on every
+    segment pixel and, once :meth:`remove_children` has run, the image minus the
+    fitted children models elsewhere: one full-frame array serves as the noise
+    source of the cleaned stamps and as the "everything removed" image.
+    """
 
     def __init__(self, image, variance, mask, segmentation, ids, family, config):
         self.image = np.ascontiguousarray(image, dtype=np.float32)
@@ -52,23 +68,31 @@ class Scene:
         self.mask = np.ascontiguousarray(mask)
         self.shape = self.image.shape
         self.model = None  # fitted PSF models of all deblended children
-        self.removed = None  # image with all neighbours removed (see global_removed)
-        self.fam = self.noise = self.seg = None
+        self.removed = None  # noise on the segments; image - model elsewhere (see above)
+        self.labels = self.lut = self.seg = None
+        self.has_noise = False
         if segmentation is not None:
             seg = self.seg = np.ascontiguousarray(segmentation)
             if seg.shape != self.shape:
                 raise ValueError(f"segmentation shape {seg.shape} != image shape {self.shape}")
-            self.fam, self.own_area = _families(seg, ids, family)
+            self.labels, self.lut, self.own_area = _families(seg, ids, family)
             if config.replace_with_noise:
                 rng = np.random.default_rng(config.noise_seed)
-                self.noise = np.zeros(self.shape, dtype=np.float32)
+                self.removed = self.image.copy()
                 labelled = np.flatnonzero(seg)
                 sd = np.sqrt(np.maximum(self.variance.ravel()[labelled], 0))
-                self.noise.ravel()[labelled] = rng.standard_normal(sd.size,
-                                                                   dtype=np.float32) * sd
+                self.removed.ravel()[labelled] = rng.standard_normal(sd.size,
+                                                                     dtype=np.float32) * sd
+                self.has_noise = True
+
+    @property
+    def noise(self):
+        """Replacement noise (valid on segment pixels only), or None."""
+        return self.removed if self.has_noise else None
 
     def stamps(self, ix, iy, half, family, *, subtract=None, own=None):
-        """Cleaned float64 image stamps and their on-image / family-label stamps.
+        """Cleaned float64 image stamps, their on-image masks and the "own family on the
+        border" flags (None without segmentation).
 
         ``subtract`` (per-source bool) removes the global children model;
         ``own`` (n, s, s) adds each source's own model back.  Pixels of other
@@ -79,20 +103,28 @@ class Scene:
         size = 2 * half + 1
         img = np.empty((ix.size, size, size))
         on = np.empty((ix.size, size, size), dtype=bool)
-        fam_s = None if self.fam is None else np.empty((ix.size, size, size), self.fam.dtype)
-        model = None
+        border = None if self.labels is None else np.empty(ix.size, dtype=bool)
+        index = tiles = None
         if self.model is not None and subtract is not None and np.any(subtract):
-            model = self.model
+            index, tiles = self.model
             subtract = np.ascontiguousarray(subtract, dtype=bool)
         own = None if own is None else np.ascontiguousarray(own, dtype=np.float64)
         family = np.ascontiguousarray(family, dtype=np.int64)
-        clean_into(self.image, model, self.fam, self.noise, ix, iy, half, family,
-                   subtract if model is not None else None, own, img, on, fam_s)
-        return img, on, fam_s
+        clean_into(self.image, index, tiles, self.labels, self.lut, self.noise, ix, iy, half,
+                   family, subtract if index is not None else None, own, img, on, border)
+        return img, on, border
 
     def planes(self, ix, iy, half):
         """float64 variance and mask stamps (0 off the image)."""
         return cut(self.variance, ix, iy, half, dtype=np.float64), cut(self.mask, ix, iy, half)
+
+    def families(self, y0, y1, x0, x1):
+        """Family labels of the box ``[y0, y1) x [x0, x1)`` (inside the image)."""
+        labels = self.labels[y0:y1, x0:x1]
+        if self.lut is None:
+            return labels
+        inside = (labels >= 0) & (labels < self.lut.size)
+        return np.where(inside, self.lut[np.where(inside, labels, 0)], labels)
 
     def region(self, x0, y0, x1, y1, family):
         """Cleaned image, on-image mask, variance and mask of the box ``[x0, x1) x [y0, y1)``."""
@@ -106,36 +138,60 @@ class Scene:
             dst = (slice(ya - y0, yb - y0), slice(xa - x0, xb - x0))
             img[dst], var[dst], msk[dst], on[dst] = (self.image[src], self.variance[src],
                                                      self.mask[src], True)
-            if self.noise is not None:
-                fam = self.fam[src]
+            if self.has_noise:
+                fam = self.families(ya, yb, xa, xb)
                 keep = (fam == 0) | (fam == family)
-                img[dst] = np.where(keep, img[dst], self.noise[src])
+                img[dst] = np.where(keep, img[dst], self.removed[src])
         return img, on, var, msk
 
-    def global_removed(self):
-        """The image with every child model subtracted and every segment replaced by noise."""
-        out = np.empty(self.shape, dtype=np.float32)
-        removed_into(self.image, self.model, self.fam, self.noise, out)
-        return out
+    def set_children_model(self, stamps, ox, oy, amp):
+        """The sum of the children's fitted models, ``amp * stamps`` at origins ``(ox, oy)``.
+
+        Kept as float32 tiles of :data:`MODEL_TILE` pixels where some model
+        lands (``model = (tile index, tiles)``), not as a full-frame array;
+        products are rounded to float32 and summed in source order.
+        """
+        ny, nx = self.shape
+        t = MODEL_TILE
+        index = np.full((-(-ny // t), -(-nx // t)), -1, dtype=np.int64)
+        ox = np.ascontiguousarray(ox, dtype=np.int64)
+        oy = np.ascontiguousarray(oy, dtype=np.int64)
+        stamps = np.ascontiguousarray(stamps)
+        count = tile_index(ny, nx, t, stamps.shape[1], ox, oy, index)
+        tiles = np.zeros((count, t, t), dtype=np.float32)
+        add_stamps(index, tiles, ny, nx, stamps, np.ascontiguousarray(amp, dtype=np.float64),
+                   ox, oy)
+        self.model = (index, tiles)
+
+    def remove_children(self):
+        """Make :attr:`removed` the image with every child model subtracted and every
+        segment replaced by noise."""
+        if self.removed is None:
+            self.removed = self.image.copy()
+            labels = None
+        else:
+            labels = self.labels if self.has_noise else None
+        if self.model is not None:
+            subtract_unlabelled(self.image, *self.model, labels, self.removed)
 
 
 def _families(seg, ids, family):
-    """Family label of every pixel (unknown labels are families of their own) and own areas."""
+    """Labels and lookup table giving every pixel's family, and each source's own area.
+
+    Unknown labels are families of their own.  With dense positive ids (the
+    usual 1..n) the segmentation itself is the label image and the table maps
+    label -> family; otherwise a full family image is built (table None).
+    """
     ids = np.asarray(ids, dtype=np.int64)
     family = np.asarray(family, dtype=np.int64)
     top = int(ids.max(initial=0))
-    if ids.size and ids.min() > 0 and top < 4 * seg.size + 1024 and seg.dtype.kind in "iu":
-        # Dense labels (the usual 1..n): a lookup table indexed by label.
-        dtype = np.result_type(seg.dtype, np.int32)
-        if np.iinfo(dtype).max < max(top, int(family.max(initial=0))):
-            dtype = np.int64
-        lut = np.arange(top + 1, dtype=dtype)
+    if (ids.size and ids.min() > 0 and family.min() > 0 and top < 4 * seg.size + 1024
+            and seg.dtype.kind in "iu"):
+        lut = np.arange(top + 1, dtype=np.int64)
         lut[ids] = family
-        fam = np.empty(seg.shape, dtype=dtype)
         counts = np.zeros(top + 1, dtype=np.int64)
-        family_image(seg, lut, fam, counts)
-        counts[0] = 0
-        return fam, counts[ids]
+        label_counts(seg, top + 1, counts)
+        return seg, lut, counts[ids]
     fam = np.zeros(seg.shape, dtype=np.int64)
     labelled = seg != 0
     labels = seg[labelled].astype(np.int64)
@@ -143,7 +199,7 @@ def _families(seg, ids, family):
     pos = np.clip(np.searchsorted(ids, labels, sorter=order), 0, ids.size - 1)
     known = ids[order[pos]] == labels
     fam[labelled] = np.where(known, family[order[pos]], labels)
-    return fam, np.bincount(order[pos][known], minlength=ids.size)
+    return fam, None, np.bincount(order[pos][known], minlength=ids.size)
 
 
 def cut(array, ix, iy, half, *, dtype=None, fill=0):
@@ -182,18 +238,6 @@ def embed(stamps, half):
     o = half - k // 2
     out[:, o : o + k, o : o + k] = stamps
     return out
-
-
-def add_models(target, stamps, ox, oy, amp=None):
-    """Add ``(n, k, k)`` stamps (times ``amp``) with origins ``(ox, oy)`` into the 2-D ``target``.
-
-    Each product is rounded to ``target``'s dtype before it is added.
-    """
-    if stamps.shape[0] == 0:
-        return
-    amp = np.ones(stamps.shape[0]) if amp is None else np.asarray(amp, dtype=np.float64)
-    add_stamps(target, np.ascontiguousarray(stamps), np.ascontiguousarray(amp),
-               np.ascontiguousarray(ox, dtype=np.int64), np.ascontiguousarray(oy, dtype=np.int64))
 
 
 def nan_row_median(values, use):

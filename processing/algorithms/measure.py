@@ -43,7 +43,6 @@ from ._measure_support import (
     CENTER_FLAGS,
     PIXEL_PLANES,
     Scene,
-    add_models,
     aperture_column,
     cut,
     embed,
@@ -200,14 +199,14 @@ def measure_sources(
         models[id(chunk)] = _pass_one(scene, psf, chunk, xp, yp, family, is_child, sigma,
                                       config, cols)
     if config.subtract_children and is_child.any():
-        scene.model = np.zeros(image.shape, dtype=np.float32)
+        parts = []
         for chunk in chunks:
             stamps, ox, oy = models[id(chunk)]
             sel = is_child[chunk] & np.isfinite(cols["psfFlux_instFlux"][chunk])
-            add_models(scene.model, stamps[sel], ox[sel], oy[sel],
-                       amp=cols["psfFlux_instFlux"][chunk][sel])
+            parts.append((stamps[sel], ox[sel], oy[sel], cols["psfFlux_instFlux"][chunk][sel]))
+        scene.set_children_model(*(np.concatenate(p) for p in zip(*parts, strict=True)))
     if large:
-        scene.removed = scene.global_removed()
+        scene.remove_children()
     for chunk in chunks:
         _pass_two(scene, psf, chunk, models[id(chunk)][0], family, is_child, is_parent, sigma,
                   half, config, cols)
@@ -350,7 +349,7 @@ def _pass_two(scene, psf, idx, models, family, is_child, is_parent, sigma, half,
     if scene.model is not None:
         amp = np.where(child, np.nan_to_num(cols["psfFlux_instFlux"][idx]), 0.0)
         own = embed(models.astype(float), half) * amp[:, None, None]
-    img, on, fam_s = scene.stamps(ixc, iyc, half, fam, subtract=~parent, own=own)
+    img, on, border_own = scene.stamps(ixc, iyc, half, fam, subtract=~parent, own=own)
     var, msk = scene.planes(ixc, iyc, half)
     xs, ys = x - ixc + half, y - iyc + half
 
@@ -404,11 +403,8 @@ def _pass_two(scene, psf, idx, models, family, is_child, is_parent, sigma, half,
         cols[f"{stem}_flag_apertureTruncated"][idx] = ap.flag_truncated
     if large:
         diff = img - cut(scene.removed, ixc, iyc, half)
-        lost = np.zeros(idx.size, dtype=bool)
-        if fam_s is not None:  # own-family pixels on the stamp border continue beyond it
-            mine = fam_s == fam[:, None, None]
-            lost = (mine[:, 0].any(1) | mine[:, -1].any(1) | mine[:, :, 0].any(1)
-                    | mine[:, :, -1].any(1))
+        # Own-family pixels on the stamp border continue beyond it.
+        lost = np.zeros(idx.size, dtype=bool) if border_own is None else border_own
         for r, ap in zip(large, aperture_flux_stamps(diff, np.zeros_like(diff), None, xs, ys,
                                                      large), strict=True):
             stem = aperture_column(r)
@@ -419,7 +415,7 @@ def _pass_two(scene, psf, idx, models, family, is_child, is_parent, sigma, half,
     n = idx.size
     foot_bits, centre_bits = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
     edge = np.empty(n, dtype=bool)
-    pixel_flag_bits(scene.mask, scene.seg, scene.fam, ixc, iyc, half,
+    pixel_flag_bits(scene.mask, scene.seg, scene.labels, scene.lut, ixc, iyc, half,
                     np.ascontiguousarray(cols["sourceId"][idx]), np.ascontiguousarray(fam),
                     np.ascontiguousarray(parent), float(config.footprint_radius * sigma) ** 2,
                     foot_bits, centre_bits, edge)
@@ -434,13 +430,14 @@ def _pass_two(scene, psf, idx, models, family, is_child, is_parent, sigma, half,
     bg_bad = bits(config.background_bad_planes)
     value, stdev, used = local_background_image(
         scene.image, scene.mask, bg_bad, ixc, iyc, config.background_inner * sigma,
-        config.background_outer * sigma, labels=scene.fam, n_sigma=config.background_n_sigma,
+        config.background_outer * sigma, labels=scene.labels, n_sigma=config.background_n_sigma,
         n_iter=config.background_n_iter)
     cols["localBackground_instFlux"][idx], cols["localBackground_instFluxErr"][idx] = value, stdev
     cols["localBackground_flag_noGoodPixels"][idx] = used == 0
     cols["localBackground_flag"][idx] = ~np.isfinite(value)
     vv, empty = np.empty(n), np.empty(n, dtype=bool)
-    variance_median_loop(scene.variance, scene.mask, scene.fam, bg_bad, ixc, iyc, half, vv, empty)
+    variance_median_loop(scene.variance, scene.mask, scene.labels, bg_bad, ixc, iyc, half, vv,
+                         empty)
     cols["variance_value"][idx] = vv
     cols["variance_flag_emptyFootprint"][idx] = empty
     cols["variance_flag"][idx] = ~np.isfinite(vv)
