@@ -33,6 +33,7 @@ from registry_workload import (  # noqa: E402
     BANDS,
     INSTRUMENT,
     N_FITS,
+    N_REPEAT,
     N_TABLES,
     QUERY_CIRCLE,
     QUERY_POINT,
@@ -45,7 +46,7 @@ from store import Circle, Exposure, Repo  # noqa: E402
 from store.formats.fits import write_exposure  # noqa: E402
 
 
-def _median_ms(func, repeat: int = 5) -> float:
+def _median_ms(func, repeat: int = N_REPEAT) -> float:
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()

@@ -65,6 +65,7 @@ from registry_workload import (
     INSTRUMENT,
     N_DETECTORS,
     N_FITS,
+    N_REPEAT,
     N_TABLES,
     QUERY_CIRCLE,
     QUERY_POINT,
@@ -79,7 +80,6 @@ __all__ = ["AstropyFitsImageFormatter", "main", "run"]
 TABLE_RUN = "bench/tables"
 TABLE_TXN_RUN = "bench/tables_txn"
 RAW_RUN = "bench/raw"
-N_REPEAT = 5
 N_GETS = 100
 WHERE = "visit.exposure_time > 20 AND band = 'r'"
 
