@@ -9,8 +9,10 @@ two snaps, combined) and the final calibrations of the ``visit_summary``:
    calibration (a detector without all four is refused: no work);
 4. repair cosmic rays (CR, INTRP);
 5. calibrate the pixels to nJy (image x c, variance x c^2; PhotoCalib 1);
-6. detect at 5 sigma (no background re-estimation), add ``sky_source``
-   measurements on empty sky, deblend, measure, apply aperture corrections;
+6. detect at 5 sigma (no background re-estimation), mask satellite and meteor
+   streaks STREAK among the detections (:mod:`processing.algorithms.streaks`;
+   the coadds exclude them), add ``sky_source`` measurements on empty sky,
+   deblend, measure, apply aperture corrections;
 7. set ``detect_isPrimary`` (deblended, not a sky source) and carry the
    ``calib_*`` flags of the calibration sources matched within
    ``calib_match_radius``;
@@ -46,6 +48,7 @@ from ..algorithms.detection import DetectionConfig, detect_sources
 from ..algorithms.measure import MeasurementConfig, measure_sources
 from ..algorithms.moments import determinant_radius, psf_moments_at
 from ..algorithms.sky_sources import place_sky_sources
+from ..algorithms.streaks import StreakConfig, mask_streaks
 from ..ids import source_ids
 from ..visit_summary import VisitSummaryCatalog
 from .base import Connection, PipelineTask, TaskResult
@@ -76,6 +79,9 @@ class ReprocessVisitImageConfig:
     calib_match_radius: float = 0.2
     #: Snaps whose mask has any of these planes do not count (Rubin's default: none).
     snap_bad_mask_planes: tuple[str, ...] = ()
+    #: Mask streaks STREAK, and how they are found.
+    do_mask_streaks: bool = True
+    streaks: StreakConfig = field(default_factory=StreakConfig)
 
 
 class ReprocessVisitImageTask(PipelineTask):
@@ -172,6 +178,9 @@ class ReprocessVisitImageTask(PipelineTask):
             det = detect_sources(image, variance, mask, sigma, cfg.detection)
             blend = deblend(det, image, variance, sigma, cfg.deblend)
         mask = det.mask
+        n_streaks = 0
+        if cfg.do_mask_streaks:
+            n_streaks = len(mask_streaks(image, variance, mask, sigma, cfg.streaks).streaks)
         cat = blend.catalog
         sky_x, sky_y = place_sky_sources(
             mask, n_sources=cfg.n_sky_sources, radius=cfg.sky_source_radius,
@@ -219,7 +228,7 @@ class ReprocessVisitImageTask(PipelineTask):
         footprints = FitsBundle(header={"NSOURCE": int(n_det)},
                                 arrays={"segmentation": blend.segmentation.astype(np.int32)})
         metadata = {"n_sources": int(n_det), "n_sky_sources": int(sky.sum()),
-                    "n_cosmic_ray_pixels": int(n_cr)}
+                    "n_cosmic_ray_pixels": int(n_cr), "n_streaks": int(n_streaks)}
         return TaskResult(exposure=out, sources=sources, footprints=footprints,
                           background=bkg.to_bundle(), metadata=metadata)
 
