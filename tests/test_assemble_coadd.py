@@ -187,6 +187,37 @@ def test_no_data_is_interpolated_and_flagged(clean):
     assert np.all(res["n_image"][200:204, 100:300] == 0)
 
 
+@pytest.mark.parametrize("statistic", ["MEAN", "SAFECLIP"])
+def test_streak_pixels_are_excluded_even_where_one_input_covers(clean, statistic):
+    """STREAK (set in the visit by the streak finder) is a bad plane of the coadd."""
+    scene, warps = clean
+    keys = list(warps)
+    base = {k: w.copy() for k, w in warps.items()}
+    for k in keys[1:]:  # where the streaked warp is the only input (no safe-clip decision)
+        base[k].image[150:160, 200:260] = np.nan
+        base[k].mask[150:160, 200:260] |= bits("NO_DATA")
+    band = (slice(150, 160), slice(None))
+    streaked = {k: w.copy() for k, w in base.items()}
+    w0 = streaked[keys[0]]
+    w0.image[band] += 500.0  # the trail's light, masked by the visit
+    w0.mask[band] |= bits("STREAK")
+    res = assemble(streaked, scene, statistic=statistic, do_interp=False)
+    # The same coadd as with those pixels missing from the input.
+    holed = {k: w.copy() for k, w in base.items()}
+    holed[keys[0]].image[band] = np.nan
+    holed[keys[0]].mask[band] |= bits("NO_DATA")
+    ref = assemble(holed, scene, statistic=statistic, do_interp=False)
+    c, r = res["coadd"], ref["coadd"]
+    np.testing.assert_array_equal(c.image[band], r.image[band])
+    np.testing.assert_array_equal(res["n_image"], ref["n_image"])
+    covered = np.isfinite(w0.image[band])
+    assert np.all(c.mask[band][covered] & bits("REJECTED"))
+    alone = covered.copy()
+    alone[:, :200] = alone[:, 260:] = False
+    assert alone.sum() > 300 and np.all(res["n_image"][band][alone] == 0)
+    assert np.all(c.mask[band][alone] & bits("NO_DATA"))
+
+
 @pytest.mark.parametrize("statistic", ["MEAN", "MEANCLIP", "SAFECLIP"])
 def test_small_subregions_give_the_same_coadd(dirty, statistic):
     scene, warps, _ = dirty

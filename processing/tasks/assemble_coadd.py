@@ -11,8 +11,8 @@ mask with the artefacts set CLIPPED, for the cell coadds).
    (patch, band) (:meth:`AssembleCoaddTask.build_quanta`), in seeing order.
 2. **Weights** (3.3): ``1 / MEANCLIP(variance)`` (3 sigma, 2 iterations,
    ignoring ``bad_mask_planes``), read from the warp's ``MEANVAR`` card when
-   make_warp computed it with the same bad mask, otherwise measured on a
-   sample of the warp's rows.  Warps without a usable pixel or weight are
+   make_warp computed it with the same bad mask (STREAK aside), otherwise
+   measured on a sample of the warp's rows.  Warps without a usable pixel or weight are
    skipped with a warning; none left is "no work".
 3. **Subregions**: full-width strips whose height keeps the working memory
    under ``memory_budget_mb`` whatever the number of inputs.  Each strip of
@@ -86,7 +86,10 @@ class AssembleCoaddConfig:
     sigma_clip, clip_iter : float, int
         MEANCLIP settings and those of the weight statistic [sigmaClip, clipIter].
     bad_mask_planes : tuple of str
-        Planes rejecting an input pixel [badMaskPlanes].
+        Planes rejecting an input pixel [badMaskPlanes]; with STREAK, a satellite
+        or meteor trail masked in its visit by
+        :mod:`processing.algorithms.streaks` is excluded even where the
+        safe-clip cannot decide (fewer than three inputs).
     remove_mask_planes : tuple of str
         Planes cleared from the inputs [removeMaskPlanes].
     mask_propagation_thresholds : dict
@@ -114,7 +117,7 @@ class AssembleCoaddConfig:
     statistic: str = "SAFECLIP"
     sigma_clip: float = 3.0
     clip_iter: int = 2
-    bad_mask_planes: tuple[str, ...] = DEFAULT_BAD_MASK_PLANES
+    bad_mask_planes: tuple[str, ...] = (*DEFAULT_BAD_MASK_PLANES, "STREAK")
     remove_mask_planes: tuple[str, ...] = ("NOT_DEBLENDED",)
     mask_propagation_thresholds: dict[str, float] = field(default_factory=lambda: {"SAT": 0.1})
     calc_error_from_input_variance: bool = True
@@ -281,7 +284,10 @@ class AssembleCoaddTask(PipelineTask):
 
     def _weight(self, src: WarpSource, box: Box, bad: int) -> float:
         md = src.metadata
-        if ("MEANVAR" in md and int(md.get("MEANVARMASK", -1)) == bad
+        # A card computed with or without STREAK serves: the 3-sigma clipping of the
+        # variance already rejects a trail's raised variance.
+        streak = bits("STREAK")
+        if ("MEANVAR" in md and (int(md.get("MEANVARMASK", -1)) | streak) == (bad | streak)
                 and self.config.sigma_clip == 3.0 and self.config.clip_iter == 2):
             mean_var = float(md["MEANVAR"])
         else:
