@@ -139,10 +139,11 @@ def _artefact_points(truth, coadd, used, fwhm):
 
 def _artefact_tally(repo, collection, coadd, did, instrument, points, n_image_ref) -> dict:
     """Per kind: [flux, excluded, repaired-only, count, flux where N >= 3, excluded there]."""
-    from processing.algorithms.stack import DEFAULT_BAD_MASK_PLANES
+    from processing.tasks.assemble_coadd import AssembleCoaddConfig
 
     h, w = coadd.image.shape
-    clipped, cr, bad = bits("CLIPPED"), bits("CR"), bits(*DEFAULT_BAD_MASK_PLANES)
+    clipped, cr = bits("CLIPPED"), bits("CR")
+    bad = bits(*AssembleCoaddConfig().bad_mask_planes)  # the planes the coadd rejects
     tally: dict = {}
     by_visit: dict = {}
     for kind, visit, ix, iy, share, _ in points:
@@ -162,8 +163,10 @@ def _artefact_tally(repo, collection, coadd, did, instrument, points, n_image_re
             am = _primary_values(repo, ref, iy, ix)
             excl |= (am & (clipped | bad)) != 0
             repaired = (am & cr) != 0
-        deep = (_primary_values(repo, n_image_ref, iy, ix) >= 3 if n_image_ref is not None
-                else np.zeros(ix.size, bool))
+        # Inputs at the pixel before this visit's exclusion (deep_coadd_n_image counts the
+        # accepted ones): the number safe-clip decided among.
+        deep = (_primary_values(repo, n_image_ref, iy, ix) + excl >= 3
+                if n_image_ref is not None else np.zeros(ix.size, bool))
         for a, b in itertools.pairwise(start):
             sl = slice(a, b)
             e, rp, dp, sh = excl[sl], repaired[sl], deep[sl], share[sl]
@@ -330,15 +333,19 @@ def _summarise(n_patches, ratios, flagged, aperture, per_patch, noise, near, art
                                              strict=True)})
     kinds = {}
     for kind, (flux, excl, repaired, n, deep, deep_excl) in art.items():
+        kept_out = (excl + repaired) / flux
         kinds[kind] = figure(
-            excl / flux, int(n), ">= 0.99 of the flux excluded (CLIPPED in the coadd or in "
-            "compare_warp_artifact_mask, or a bad plane of the warp)", excl / flux >= 0.99,
+            kept_out, int(n), ">= 0.99 of the flux kept out of the coadd: excluded (CLIPPED "
+            "in the coadd or in compare_warp_artifact_mask, or a bad plane of the warp, STREAK "
+            "included) or repaired upstream (CR plane: interpolated)", kept_out >= 0.99,
+            excluded_by_the_coadd=excl / flux,
             repaired_upstream_not_excluded=repaired / flux,
-            excluded_or_repaired=(excl + repaired) / flux,
             flux_fraction_where_n_image_ge_3=deep / flux,
             excluded_where_n_image_ge_3=(deep_excl / deep if deep > 0 else None),
-            note="safe-clip decides nothing where fewer than 3 inputs overlap; "
-                 "'repaired' = CR plane set in the warp (interpolated by calibrate)")
+            note="safe-clip decides nothing where fewer than 3 inputs overlap (N counts the "
+                 "inputs before the visit's own exclusion); 'repaired' = CR plane set in the "
+                 "warp (interpolated by reprocess_visit_image); a repaired cosmic ray's flux "
+                 "no longer reaches the coadd")
     out["artefact_exclusion"] = kinds or {"reason": "no satellite or cosmic ray in the inputs"}
     out.update(psf_figures(_cat(psf_err["mean"]), _cat(psf_err["mix"]), "PSF node"))
     for key in ("psf_moments_vs_mean_of_true_moments", "psf_moments_vs_moments_of_mean_true_psf"):
