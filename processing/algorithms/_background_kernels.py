@@ -82,12 +82,16 @@ def bin_meanclip(image, mask, ignored, bh, bw, n_sigma, iqr_to_sigma, n_iter, me
     for by in range(ny):
         for bx in range(nx):
             n = 0
+            x0, x1 = bx * bw, min((bx + 1) * bw, width)
             for y in range(by * bh, min((by + 1) * bh, height)):
-                for x in range(bx * bw, min((bx + 1) * bw, width)):
-                    v = np.float32(image[y, x])
-                    if math.isfinite(v) and (mask is None or (mask[y, x] & ignored) == 0):
-                        buf[n] = v
-                        n += 1
+                row = image[y, x0:x1]
+                for i in range(x1 - x0):  # branch-free compaction
+                    v = np.float32(row[i])
+                    ok = math.isfinite(v)
+                    if mask is not None:
+                        ok = ok & ((mask[y, x0 + i] & ignored) == 0)
+                    buf[n] = v
+                    n += ok
             if n == 0:
                 mean[by, bx] = 0.0
                 n_good[by, bx] = 0

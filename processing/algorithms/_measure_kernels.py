@@ -585,14 +585,17 @@ def select_ranks(a, n, ranks, out, work):
     w_lo, w_hi = np.float64(sample[i_lo]), np.float64(sample[i_hi])
     nb = min(1024, max(n // 8, 16))
     scale = nb / (w_hi - w_lo) if w_hi > w_lo else 0.0
-    counts = np.zeros(nb, dtype=np.int64)
-    under = 0
+    # Bucket of every value (0: below the window, nb + 1: above), branch-free.
+    bidx = np.empty(n, dtype=np.int32)
     for i in range(n):
         v = np.float64(a[i])
-        if v < w_lo:
-            under += 1
-        elif v <= w_hi:
-            counts[min(int((v - w_lo) * scale), nb - 1)] += 1
+        inside = min(int(max((v - w_lo) * scale, 0.0)), nb - 1) + 1
+        bidx[i] = inside if (v >= w_lo) & (v <= w_hi) else (0 if v < w_lo else nb + 1)
+    full_counts = np.zeros(nb + 2, dtype=np.int64)
+    for i in range(n):
+        full_counts[bidx[i]] += 1
+    under = full_counts[0]
+    counts = full_counts[1 : nb + 1]
     bucket = np.empty(m, dtype=np.int64)
     within = np.empty(m, dtype=np.int64)
     ok = True
@@ -623,13 +626,13 @@ def select_ranks(a, n, ranks, out, work):
             start[n_slots + 1] = start[n_slots] + counts[bucket[q]]
             n_slots += 1
     fill = start[:n_slots].copy()
+    slot_of = np.full(nb + 2, -1, dtype=np.int64)
+    slot_of[1 : nb + 1] = slot
     for i in range(n):
-        v = np.float64(a[i])
-        if w_lo <= v <= w_hi:
-            k = slot[min(int((v - w_lo) * scale), nb - 1)]
-            if k >= 0:
-                work[fill[k]] = a[i]
-                fill[k] += 1
+        k = slot_of[bidx[i]]
+        if k >= 0:
+            work[fill[k]] = a[i]
+            fill[k] += 1
     for q in range(m):
         k = slot[bucket[q]]
         j = start[k] + within[q]
