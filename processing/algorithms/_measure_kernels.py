@@ -10,6 +10,11 @@ variance, pixel flags) avoid cutting large stamps at all.
 
 Optional arrays are passed as ``None``: numba compiles one specialisation per
 combination and prunes the ``is None`` branches.
+
+The selection helpers (:func:`select_ranks`, :func:`_select`) are also compiled
+into kernels of ``_background_kernels`` and ``_stats_kernels``.  numba's
+on-disk cache only watches a kernel's own source file, so after editing them
+delete those modules' ``__pycache__/*.nbi``/``*.nbc`` files as well.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ import math
 import numba
 import numpy as np
 
+from ._measure_kernels import _select
+
 __all__: list[str] = []  # private helpers of processing.algorithms.stats
 
 _OPTS = {"cache": True, "nogil": True, "error_model": "numpy"}
@@ -36,37 +38,6 @@ def _bin(key, sign_bit, shift):
     else:
         key = key | sign_bit
     return int(key >> shift)
-
-
-@numba.njit(**_OPTS)
-def _select(a, lo, hi, k):
-    """Reorder ``a[lo:hi]`` so that ``a[k]`` is its ``(k - lo)``-th smallest value (quickselect)."""
-    hi -= 1
-    while hi > lo:
-        mid = (lo + hi) // 2
-        if a[mid] < a[lo]:
-            a[mid], a[lo] = a[lo], a[mid]
-        if a[hi] < a[lo]:
-            a[hi], a[lo] = a[lo], a[hi]
-        if a[hi] < a[mid]:
-            a[hi], a[mid] = a[mid], a[hi]
-        pivot = a[mid]
-        i, j = lo, hi
-        while i <= j:
-            while a[i] < pivot:
-                i += 1
-            while a[j] > pivot:
-                j -= 1
-            if i <= j:
-                a[i], a[j] = a[j], a[i]
-                i += 1
-                j -= 1
-        if k <= j:
-            hi = j
-        elif k >= i:
-            lo = i
-        else:
-            return
 
 
 @numba.njit(**_OPTS)

@@ -48,7 +48,8 @@ def make_scene(size: int, n_stars: int, seed: int = 1):
     yy = np.broadcast_to(iy[:, None, None] + off[None, :, None], stamps.shape)
     xx = np.broadcast_to(ix[:, None, None] + off[None, None, :], stamps.shape)
     model = np.zeros((size, size), np.float64)
-    np.add.at(model, (yy.ravel(), xx.ravel()), stamps.ravel())
+    inside = ((yy >= 0) & (yy < size) & (xx >= 0) & (xx < size)).ravel()  # edge stars
+    np.add.at(model, (yy.ravel()[inside], xx.ravel()[inside]), stamps.ravel()[inside])
     ramp = np.linspace(0, 20, size)
     sky = SKY + ramp[None, :] + 0.5 * ramp[:, None]
     variance = (sky + model).astype(np.float32)
