@@ -20,7 +20,10 @@ Neighbours are removed with a hybrid of Rubin's two approaches:
   their undeblended family.
 
 Work is done on stamps cut around each source, in chunks that never split a
-family.  Apertures larger than the stamp are summed on one global
+family; the per-source loops are compiled (``_measure_kernels``), and the local
+background, variance and pixel flags read the full-frame planes directly.  The
+children's fitted models are kept as tiles where they land, not as a
+full-frame image.  Apertures larger than the stamp are summed on one global
 "everything-removed" image (children subtracted, all segments replaced by
 noise) plus the stamp difference between the source's own cleaned image and
 that global image.  Own-family pixels beyond the stamp are missing from those
