@@ -64,24 +64,60 @@ def usable_and_candidates(image, variance, mask, bad_bits, min_sigma, good):
 
 
 @numba.njit(**_OPTS)
-def fill_rows(image, bad, rows, fallback):
+def _row_bad(image, mask, bad_bits, include_nan, y, out):
+    """Bad flags of row ``y``: any of ``bad_bits``, or (``include_nan``) a non-finite value."""
+    nx = image.shape[1]
+    any_bad = False
+    for x in range(nx):
+        b = (mask[y, x] & bad_bits) != 0
+        if include_nan and not math.isfinite(image[y, x]):
+            b = True
+        out[x] = b
+        any_bad = any_bad or b
+    return any_bad
+
+
+@numba.njit(**_OPTS)
+def bad_rows(image, mask, bad_bits, include_nan):
+    """Rows holding bad pixels, their number, and whether a bad run touches the left or
+    right edge (then the fallback value is needed)."""
+    ny, nx = image.shape
+    flags = np.empty(nx, dtype=np.bool_)
+    rows = np.empty(ny, dtype=np.int64)
+    n_rows = 0
+    n_bad = 0
+    edge = False
+    for y in range(ny):
+        if _row_bad(image, mask, bad_bits, include_nan, y, flags):
+            rows[n_rows] = y
+            n_rows += 1
+            for x in range(nx):
+                n_bad += flags[x]
+            edge = edge or flags[0] or flags[nx - 1]
+    return rows[:n_rows].copy(), n_bad, edge
+
+
+@numba.njit(**_OPTS)
+def fill_rows(image, mask, bad_bits, include_nan, rows, fallback, flag_bit):
     """Replace the bad pixels of ``rows`` by the line between their nearest good neighbours.
 
-    As ``interpolate._fill_rows``: values in float64, ``v_l + t (v_r - v_l)``
-    with ``t = (c - l) / (r - l)``; pixels without a good neighbour on both
-    sides get ``fallback``.
+    As the numpy version it replaces: values in float64, ``v_l + t (v_r - v_l)``
+    with ``t = (c - l) / (r - l)``; pixels without a good neighbour on both sides
+    get ``fallback``.  Every replaced pixel gets ``flag_bit`` in ``mask``.
     """
     nx = image.shape[1]
+    bad = np.empty(nx, dtype=np.bool_)
     for y in rows:
+        _row_bad(image, mask, bad_bits, include_nan, y, bad)  # before any pixel changes
         left = -1
         x = 0
         while x < nx:
-            if not bad[y, x]:
+            if not bad[x]:
                 left = x
                 x += 1
                 continue
             end = x  # the run of bad pixels x .. end - 1
-            while end < nx and bad[y, end]:
+            while end < nx and bad[end]:
                 end += 1
             if left >= 0 and end < nx:
                 vl = np.float64(image[y, left])
@@ -92,6 +128,8 @@ def fill_rows(image, bad, rows, fallback):
             else:
                 for c in range(x, end):
                     image[y, c] = fallback
+            for c in range(x, end):
+                mask[y, c] |= flag_bit
             x = end
 
 

@@ -160,18 +160,30 @@ def find_cosmic_rays(image: np.ndarray, variance: np.ndarray, mask: np.ndarray |
     if not psf_sigma > 0:
         raise ValueError(f"psf_sigma must be > 0 pixels, got {psf_sigma}")
     ny, nx = image.shape
-    work = np.array(image, dtype=np.float32, copy=True)
+    # The image is read, never copied: the values given to cosmic-ray pixels (the
+    # mean of their good neighbours) live in a small sorted overlay.
+    img = np.asarray(image, dtype=np.float32)
     var = np.asarray(variance, dtype=np.float32)
     # Usable pixels and the first candidates in one pass (_repair_kernels).
     good = np.empty((ny, nx), dtype=bool)
     bad_bits = bits(config.bad_mask_planes) if mask is not None else 0
-    candidates = usable_and_candidates(work, var, np.asarray(mask) if bad_bits else None,
+    candidates = usable_and_candidates(img, var, np.asarray(mask) if bad_bits else None,
                                        bad_bits, config.min_sigma, good)
     ratios = psf_neighbour_ratios(config.psf_scale * psf_sigma)
 
     cr = np.zeros((ny, nx), dtype=bool)
-    flat_cr, flat_work = cr.ravel(), work.ravel()
+    flat_cr, flat_img = cr.ravel(), img.ravel()
     flat_good, flat_var = good.ravel(), var.ravel()
+    replaced_idx = np.zeros(0, dtype=np.int64)
+    replaced_val = np.zeros(0, dtype=np.float32)
+
+    def values_at(idx):  # float32 image values, replaced ones for cosmic-ray pixels
+        values = flat_img[idx]
+        hit = flat_cr[idx]
+        if hit.any():
+            values = values.copy()
+            values[hit] = replaced_val[np.searchsorted(replaced_idx, idx[hit])]
+        return values
 
     def sigma_at(idx):  # float32, infinite on unusable pixels
         return np.sqrt(np.where(flat_good[idx], flat_var[idx], np.float32(np.inf)))
@@ -179,19 +191,22 @@ def find_cosmic_rays(image: np.ndarray, variance: np.ndarray, mask: np.ndarray |
     for _ in range(config.n_iter + 1):
         if len(candidates) == 0:
             break
-        hits = candidates[_too_sharp(work, var, sigma_at(candidates), good, candidates, ratios,
-                                     config)]
+        hits = candidates[_too_sharp(values_at, var, sigma_at(candidates), good, candidates,
+                                     ratios, config)]
         if len(hits) == 0:
             break
         flat_cr[hits] = True
-        _replace_with_neighbour_mean(work, cr, good, hits)
+        new_values = _neighbour_mean(img, cr, good, hits)
+        order = np.argsort(np.concatenate([replaced_idx, hits]), kind="stable")
+        replaced_idx = np.concatenate([replaced_idx, hits])[order]
+        replaced_val = np.concatenate([replaced_val, new_values])[order]
         # Next pass: the not-yet-flagged significant neighbours of the new hits, off the
         # outermost rows and columns (they lack a full set of neighbours).
         near = _neighbours(hits, cr.shape)
         yy, xx = np.divmod(near, nx)
         centre = flat_good[near] & (yy > 0) & (yy < ny - 1) & (xx > 0) & (xx < nx - 1)
         near = near[centre & ~flat_cr[near]]
-        candidates = near[flat_work[near] > config.min_sigma * sigma_at(near)]
+        candidates = near[flat_img[near] > config.min_sigma * sigma_at(near)]
     for _ in range(config.grow):
         flat_cr[_neighbours(np.flatnonzero(cr), cr.shape)] = True
     return cr
@@ -225,17 +240,20 @@ def repair_cosmic_rays(image: np.ndarray, variance: np.ndarray, mask: np.ndarray
     return interpolate_masked(image, mask, bits("CR"), include_nan=False)
 
 
-def _too_sharp(work, var, s, good, idx, ratios, config) -> np.ndarray:
-    """Conditions 2 and 3 for the flat pixels ``idx`` (noise ``s``; any direction passing)."""
-    nx = work.shape[1]
-    flat_v, flat_var, flat_good = work.ravel(), var.ravel(), good.ravel()
-    v = flat_v[idx]
+def _too_sharp(values_at, var, s, good, idx, ratios, config) -> np.ndarray:
+    """Conditions 2 and 3 for the flat pixels ``idx`` (noise ``s``; any direction passing).
+
+    ``values_at(flat)`` gives the current pixel values (cosmic rays replaced).
+    """
+    nx = var.shape[1]
+    flat_var, flat_good = var.ravel(), good.ravel()
+    v = values_at(idx)
     hit = np.zeros(len(idx), dtype=bool)
     for dy, dx in _DIRECTIONS:
         p = ratios[1] if dy and dx else ratios[0]
         a, b = idx + dy * nx + dx, idx - dy * nx - dx
         ok = flat_good[a] & flat_good[b]
-        m = 0.5 * (flat_v[a] + flat_v[b])
+        m = 0.5 * (values_at(a) + values_at(b))
         s_m = 0.5 * np.sqrt(flat_var[a] + flat_var[b])
         cond2 = v - m > config.min_sigma * s
         cond3 = (v - config.cond3_fac2 * s) * p > m + config.cond3_fac * s_m
@@ -243,9 +261,12 @@ def _too_sharp(work, var, s, good, idx, ratios, config) -> np.ndarray:
     return hit
 
 
-def _replace_with_neighbour_mean(work, cr, good, hits) -> None:
-    """Set cosmic-ray pixels ``hits`` to the mean of their good, non-CR 8-neighbours."""
-    ny, nx = work.shape
+def _neighbour_mean(image, cr, good, hits) -> np.ndarray:
+    """float32 mean of the good, non-CR 8-neighbours of the pixels ``hits`` (0 if none).
+
+    Only pixels that are not (yet) cosmic rays are read, so these are image values.
+    """
+    ny, nx = image.shape
     y, x = np.divmod(hits, nx)
     total = np.zeros(len(hits))
     count = np.zeros(len(hits))
@@ -255,9 +276,9 @@ def _replace_with_neighbour_mean(work, cr, good, hits) -> None:
                 continue
             yy, xx = np.clip(y + dy, 0, ny - 1), np.clip(x + dx, 0, nx - 1)
             ok = good[yy, xx] & ~cr[yy, xx]
-            total += np.where(ok, work[yy, xx], 0.0)
+            total += np.where(ok, image[yy, xx], 0.0)
             count += ok
-    work[y, x] = np.where(count > 0, total / np.maximum(count, 1), 0.0)
+    return np.where(count > 0, total / np.maximum(count, 1), 0.0).astype(np.float32)
 
 
 def _neighbours(idx: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 
 from store.masks import bits
 
-from ._repair_kernels import fill_rows
+from ._repair_kernels import bad_rows, fill_rows
 
 __all__ = ["interpolate_masked"]
 
@@ -72,21 +72,21 @@ def interpolate_masked(
         raise ValueError(f"image and mask must be 2-D of one shape, got {image.shape} and {mask.shape}")
     if variance is not None and variance.shape != image.shape:
         raise ValueError(f"variance shape {variance.shape} differs from image shape {image.shape}")
-    bad = (mask & bad_bits) != 0
-    if include_nan:
-        bad |= ~np.isfinite(image)
-    n_bad = int(bad.sum())
+    # Rows with bad pixels first (one compiled pass, no image-sized temporaries).
+    rows, n_bad, edge = bad_rows(image, mask, int(bad_bits), bool(include_nan))
     if n_bad:
         # The fallback only fills runs touching the left or right edge: skip the
         # (full-image) median when there are none.
-        if fallback is None and (bad[:, 0].any() or bad[:, -1].any()):
+        if fallback is None and edge:
+            bad = (mask & bad_bits) != 0
+            if include_nan:
+                bad |= ~np.isfinite(image)
             good_values = image[~bad]
             fallback = max(float(np.median(good_values)), 0.0) if good_values.size else 0.0
         elif fallback is None:
             fallback = 0.0  # never used
-        rows = np.flatnonzero(bad.any(axis=1))
-        fill_rows(image, bad, rows, float(fallback))
-        mask[bad] |= bits("INTRP")
+        fill_rows(image, mask, int(bad_bits), bool(include_nan), rows, float(fallback),
+                  mask.dtype.type(bits("INTRP")))
     if variance is not None:
         with np.errstate(invalid="ignore"):
             variance[~(variance > 0)] = np.inf
