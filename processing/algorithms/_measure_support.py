@@ -33,7 +33,6 @@ __all__ = [
     "embed",
     "empty_columns",
     "family_chunks",
-    "nan_row_median",
     "to_table",
 ]
 
@@ -238,17 +237,6 @@ def embed(stamps, half):
     o = half - k // 2
     out[:, o : o + k, o : o + k] = stamps
     return out
-
-
-def nan_row_median(values, use):
-    """Median of ``values[i][use[i]]`` for each row (NaN when none)."""
-    ordered = np.sort(np.where(use, values, np.nan), axis=1)
-    count = use.sum(axis=1)
-    rows = np.arange(values.shape[0])
-    lo = np.maximum((count - 1) // 2, 0)
-    hi = np.maximum(count // 2, 0)
-    med = 0.5 * (ordered[rows, lo] + ordered[rows, hi])
-    return np.where(count > 0, med, np.nan)
 
 
 # ---------------------------------------------------------------------------------- columns

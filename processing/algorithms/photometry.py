@@ -152,7 +152,11 @@ def psf_flux_blend(image, variance, good, models, x0, y0) -> PsfFlux:
     -------
     PsfFlux
         ``(m,)`` amplitudes, errors from the joint covariance, and per-child
-        ``area``/``chi2``/``npixels`` over each child's own PSF stamp.
+        ``area``/``chi2``/``npixels`` over each child's own PSF stamp: ``area``
+        over its good pixels, ``chi2`` and ``npixels`` (as in the sparse-matrix
+        version this replaces) over every region pixel where its model is
+        non-zero, masked ones included.  The normal equations are built from the
+        stamps' overlaps (compiled loops), O(m^2 k^2).
     """
     m, k, _ = models.shape
     height, width = image.shape
