@@ -117,7 +117,7 @@ class AssembleCellCoaddConfig:
     min_overlap_fraction: float = 1.0
     max_maskfrac: float = 0.5
     bad_mask_planes: tuple[str, ...] = ("BAD", "NO_DATA", "SAT")
-    exclude_mask_planes: tuple[str, ...] = ("CLIPPED",)
+    exclude_mask_planes: tuple[str, ...] = ("CLIPPED", "STREAK")
     remove_mask_planes: tuple[str, ...] = ("EDGE", "NOT_DEBLENDED")
     mask_propagation_thresholds: dict[str, float] = field(default_factory=lambda: {"SAT": 0.1})
     interpolate_bad_pixels: bool = True
